@@ -1,0 +1,56 @@
+"""edge-runtime: offline ML inference on devices.
+
+A local SQLite feature cache (:class:`FeatureStore`), quantized models on ONNX Runtime or LiteRT
+(:class:`ModelStore`), and a runtime that serves predictions with no network in the request path.
+The public API is exactly what ``__all__`` lists; modules whose names start with ``_`` are private.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    BackendUnavailableError,
+    BundleError,
+    ConfigError,
+    DefinitionError,
+    EdgeRuntimeError,
+    FeatureStoreError,
+    HealthCheckError,
+    IntegrityError,
+    ModelError,
+    ModelInputError,
+    ModelNotFoundError,
+    RowValidationError,
+    SchemaConflictError,
+    SignatureError,
+    StoreClosedError,
+    UnknownNameError,
+    VersionPolicyError,
+)
+from .features import *  # noqa: F403 - re-exports exactly features.__all__
+from .features import __all__ as _features_all
+from .models import *  # noqa: F403 - re-exports exactly models.__all__
+from .models import __all__ as _models_all
+
+__version__ = "0.1.0"
+
+_errors_all = [
+    "BackendUnavailableError",
+    "BundleError",
+    "ConfigError",
+    "DefinitionError",
+    "EdgeRuntimeError",
+    "FeatureStoreError",
+    "HealthCheckError",
+    "IntegrityError",
+    "ModelError",
+    "ModelInputError",
+    "ModelNotFoundError",
+    "RowValidationError",
+    "SchemaConflictError",
+    "SignatureError",
+    "StoreClosedError",
+    "UnknownNameError",
+    "VersionPolicyError",
+]
+
+__all__ = [*_errors_all, *_features_all, *_models_all]  # noqa: PLE0604

@@ -64,7 +64,7 @@ class Migration:
     """One named schema step. ``apply`` runs inside the transaction that records it."""
 
     name: str
-    apply: Callable[[sqlite3.Connection], None]
+    apply: Callable[[sqlite3.Connection], object]
 
 
 MIGRATIONS_TABLE = "_migrations"

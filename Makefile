@@ -46,7 +46,7 @@ test: $(VENV)/.installed-dev mosquitto
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev mosquitto
-	$(BIN)/python -m pytest benchmarks -p no:timeout --benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
+	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
 	    --benchmark-sort=name $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .._errors import EdgeRuntimeError
+from edge_runtime._errors import EdgeRuntimeError
 
 #: Command-group modules, in the order ``--help`` shows them.
 GROUPS: tuple[str, ...] = (

@@ -1,0 +1,410 @@
+"""``FeatureStore``: the on-device online store, one SQLite file in WAL mode.
+
+Concurrency: one writer connection behind a lock does every write in one transaction; each reading thread gets
+its own connection (``threading.local``), so readers never wait for the writer and always see whole batches (WAL
+snapshots). A ``":memory:"`` store has no file to share, so it reads through the writer connection under the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+from edge_runtime._errors import FeatureStoreError, StoreClosedError, UnknownNameError
+from edge_runtime._sqlite import connect, migrate, quote_ident, transaction
+from edge_runtime._time import Clock
+
+from ._definitions import Definition, FeatureService, FeatureView, View
+from ._maintenance import (
+    delete_entity,
+    encode_state,
+    evict,
+    iter_entities,
+    read_state,
+    resolve_entity,
+    stats,
+    sweep_expired,
+    write_state,
+)
+from ._read import ReadPlan, compile_plan, entity_columns, execute, execute_one
+from ._registry import META_TABLE, MIGRATIONS, MIGRATIONS_TABLE, Registry, apply_definitions, stream_table, view_table
+from ._response import OnlineResponse
+from ._stream import PRUNE_EVERY_ROWS, PRUNE_EVERY_US, insert_sql, prune_sql
+from ._write import encode_batch, encode_keys, to_columns, upsert_sql
+
+log = logging.getLogger(__name__)
+
+#: ``callback(view_name, entity_keys)`` called after a commit changed the rows of those entities.
+WriteListener = Callable[[str, list[tuple[Any, ...]]], None]
+
+
+class FeatureStore:
+    """The online feature store at ``path`` (a SQLite file, created if missing; ``":memory:"`` for tests).
+
+    ``clock`` returns the current time in epoch seconds (default ``time.time``); TTLs and stream windows are
+    evaluated against it, so tests can move time.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+        self.path = path if str(path) == ":memory:" else Path(path)
+        self._clock: Clock = clock or time.time
+        self._memory = str(path) == ":memory:"
+        self._lock = threading.RLock()
+        writer = None
+        try:
+            writer = connect(path, check_same_thread=False)
+            migrate(writer, MIGRATIONS, table=MIGRATIONS_TABLE)
+            self._reg = Registry.load(writer)
+        except sqlite3.Error as exc:
+            if writer is not None:
+                writer.close()
+            raise FeatureStoreError(f"cannot open feature store {str(path)!r}: {exc}") from exc
+        self._writer = writer
+        self._plans: dict[tuple[Any, bool], ReadPlan] = {}
+        self._local = threading.local()
+        self._readers: list[Any] = []
+        self._listeners: list[WriteListener] = []
+        self._prune_state: dict[str, tuple[int, int]] = {}
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection; later calls raise :class:`StoreClosedError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._writer.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r})"
+
+    def _now_us(self) -> int:
+        return round(self._clock() * 1_000_000)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
+
+    def _reader(self) -> Any:
+        try:
+            return self._local.conn
+        except AttributeError:
+            pass
+        self._check_open()
+        with self._lock:
+            conn = connect(self.path, check_same_thread=False)
+            self._readers.append(conn)
+        self._local.conn = conn
+        return conn
+
+    # --- definitions -----------------------------------------------------------------------------------------
+
+    def apply(self, definitions: Iterable[object] | object) -> list[str]:
+        """Register definitions (and what they reference), migrating tables; returns what changed.
+
+        One transaction: a refused change (:class:`SchemaConflictError`) leaves the store as it was.
+        """
+        defs = list(definitions) if isinstance(definitions, (list, tuple)) else [definitions]
+        with self._lock:
+            self._check_open()
+            reg = replace(
+                self._reg,
+                **{
+                    k: dict(getattr(self._reg, k))
+                    for k in ("entities", "request_sources", "views", "stream_views", "odfvs", "services")
+                },
+            )
+            with transaction(self._writer):
+                changes = apply_definitions(self._writer, reg, defs, self._now_us())
+            self._reg = reg
+            self._plans = {}
+        return changes
+
+    def refresh(self) -> None:
+        """Reload the registry from the file (to see definitions another process applied)."""
+        with self._lock:
+            self._check_open()
+            self._reg = Registry.load(self._writer)
+            self._plans = {}
+
+    def definitions(self) -> list[Definition]:
+        """Every applied definition: entities, request sources, views of all kinds, services."""
+        r = self._reg
+        return [
+            *r.entities.values(),
+            *r.request_sources.values(),
+            *r.views.values(),
+            *r.stream_views.values(),
+            *r.odfvs.values(),
+            *r.services.values(),
+        ]
+
+    def get_view(self, name: str) -> View:
+        """The feature, stream or on-demand view ``name``."""
+        return self._reg.any_view(name)
+
+    def get_feature_service(self, name: str) -> FeatureService:
+        """The registered feature service ``name``."""
+        svc = self._reg.services.get(name)
+        if svc is None:
+            raise UnknownNameError("feature service", name, self._reg.services)
+        return svc
+
+    def join_keys(self, view: str) -> tuple[str, ...]:
+        """The join keys of a feature or stream view (the columns an entity row must carry)."""
+        v = self._reg.any_view(view)
+        if not isinstance(v, FeatureView) and not hasattr(v, "join_keys"):
+            raise FeatureStoreError(f"{view!r} is an on-demand view; it has no join keys of its own")
+        return v.join_keys
+
+    # --- writes ----------------------------------------------------------------------------------------------
+
+    def add_write_listener(self, callback: WriteListener) -> None:
+        """Call ``callback(view_name, entity_keys)`` after every commit that changed those entities' features
+        (writes, evictions, deletions, pushed events); ``entity_keys`` are tuples in join-key order."""
+        self._listeners.append(callback)
+
+    def remove_write_listener(self, callback: WriteListener) -> None:
+        """Stop calling ``callback``."""
+        self._listeners.remove(callback)
+
+    def _notify(self, touched: Mapping[str, list[tuple[Any, ...]]]) -> None:
+        for view, keys in touched.items():
+            if not keys:
+                continue
+            for cb in list(self._listeners):
+                try:
+                    cb(view, keys)
+                except Exception:  # a listener's bug must not undo or fail a committed write
+                    log.exception("write listener %r failed for view %s", cb, view)
+
+    def write_to_online_store(
+        self, view: str | FeatureView, rows: object, *, state: Mapping[str, Any] | None = None
+    ) -> int:
+        """Upsert ``rows`` into feature view ``view``; returns the number of rows given.
+
+        ``rows``: a list of dicts, a dict of columns (lists or numpy arrays) or a pandas DataFrame, each row with
+        its join keys, features and ``event_timestamp`` (aware datetime or epoch seconds). A feature absent from a
+        row is stored as missing. The whole batch is validated first (:class:`RowValidationError` names the row and
+        column) and written in one transaction; a row older than the stored one for its entity is ignored.
+        ``state`` (JSON values by key, read back with :meth:`get_state`) is recorded in the same transaction — a
+        sync agent's applied sequence number commits with the rows it covers, or not at all.
+        """
+        name = view.name if isinstance(view, FeatureView) else view
+        v = self._reg.views.get(name)
+        if v is None:
+            raise UnknownNameError("feature view", str(name), self._reg.views)
+        target = f"feature view {name!r}"
+        n, cols, row_dicts = to_columns(rows, target)
+        encoded = encode_batch(
+            target=target, n=n, cols=cols, row_dicts=row_dicts, keys=v.join_keys, fields=v.schema, kind="feature"
+        )
+        state_rows = encode_state(state)
+        if n == 0 and not state_rows:
+            return 0
+        sql = upsert_sql(view_table(name), v.join_keys, [f.name for f in v.schema])
+        want = bool(self._listeners)
+        touched: dict[str, list[tuple[Any, ...]]] = {}
+        with self._lock:
+            self._check_open()
+            w = self._writer
+            with transaction(w):
+                written = self._next_written_us(w)
+                w.executemany(sql, zip(*encoded, repeat(written)))
+                evicted = evict(w, v, want) if v.max_rows is not None else []
+                write_state(w, state_rows, written)
+        if want:
+            keys = list(dict.fromkeys(zip(*encoded[: len(v.join_keys)], strict=False)))
+            written_keys = set(keys)
+            touched[name] = keys + [k for k in evicted if k not in written_keys]
+            self._notify(touched)
+        return n
+
+    def delete_from_online_store(
+        self, view: str, entity_rows: object, *, state: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete the rows of the given entities (join-key dicts or columns) from one feature view, in one
+        transaction with ``state`` (see :meth:`write_to_online_store`); returns the number of rows deleted."""
+        v = self._reg.views.get(view)
+        if v is None:
+            raise UnknownNameError("feature view", view, self._reg.views)
+        n, cols = entity_columns(entity_rows)
+        target = f"feature view {view!r}"
+        keys = list(zip(*(encode_keys(cols.get(k), n, target, k) for k in v.join_keys), strict=True))
+        state_rows = encode_state(state)
+        where = " AND ".join(f"{quote_ident(k)} = ?" for k in v.join_keys)
+        with self._lock:
+            self._check_open()
+            with transaction(self._writer):
+                before = self._writer.total_changes
+                self._writer.executemany(f"DELETE FROM {view_table(view)} WHERE {where}", keys)
+                deleted = self._writer.total_changes - before
+                write_state(self._writer, state_rows, self._now_us())
+        if self._listeners and keys:
+            self._notify({view: list(dict.fromkeys(keys))})
+        return deleted
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """A value recorded with ``state=`` by a write or delete (``default`` when never recorded)."""
+        self._check_open()
+        with self._lock:
+            return read_state(self._writer, key, default)
+
+    def _next_written_us(self, w: Any) -> int:
+        # Strictly increasing across batches even when the clock stands still or steps back, so eviction order
+        # is write order.
+        last = w.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'last_written_us'").fetchone()[0]
+        written = max(self._now_us(), last + 1)
+        w.execute(f"UPDATE {META_TABLE} SET value = ? WHERE key = 'last_written_us'", (written,))
+        return int(written)
+
+    def push_events(self, stream: str, rows: object) -> int:
+        """Append events (join keys, ``event_timestamp``, event fields) to ``stream``'s log; returns the count.
+
+        Events older than the longest window of any view over the stream are pruned now and then.
+        """
+        streams = self._reg.streams()
+        if stream not in streams:
+            raise UnknownNameError("stream", stream, streams)
+        keys, fields = streams[stream]
+        target = f"stream {stream!r}"
+        n, cols, row_dicts = to_columns(rows, target)
+        field_list = list(fields.values())
+        encoded = encode_batch(
+            target=target, n=n, cols=cols, row_dicts=row_dicts, keys=keys, fields=field_list, kind="event field"
+        )
+        if n == 0:
+            return 0
+        table = stream_table(stream)
+        with self._lock:
+            self._check_open()
+            now = self._now_us()
+            last, pending = self._prune_state.get(stream, (0, 0))
+            pending += n
+            with transaction(self._writer):
+                self._writer.executemany(insert_sql(table, keys, list(fields)), zip(*encoded, strict=False))
+                if now - last >= PRUNE_EVERY_US or pending >= PRUNE_EVERY_ROWS:
+                    self._writer.execute(prune_sql(table), (now - self._reg.stream_max_window_us(stream),))
+                    last, pending = now, 0
+            self._prune_state[stream] = (last, pending)
+        if self._listeners:
+            entity_keys = list(dict.fromkeys(zip(*encoded[: len(keys)], strict=False)))
+            self._notify({v.name: entity_keys for v in self._reg.stream_views.values() if v.source == stream})
+        return n
+
+    def prune_events(self) -> dict[str, int]:
+        """Delete, in every stream, the events older than the longest window over it; counts per stream."""
+        out = {}
+        with self._lock:
+            self._check_open()
+            now = self._now_us()
+            with transaction(self._writer):
+                for stream in self._reg.streams():
+                    cutoff = now - self._reg.stream_max_window_us(stream)
+                    out[stream] = self._writer.execute(prune_sql(stream_table(stream)), (cutoff,)).rowcount
+                    self._prune_state[stream] = (now, 0)
+        return out
+
+    def sweep_expired(self) -> dict[str, int]:
+        """Delete the rows older than their view's TTL (they already read as expired); counts per view."""
+        with self._lock:
+            self._check_open()
+            with transaction(self._writer):
+                return sweep_expired(self._writer, self._reg, self._now_us())
+
+    def delete_entity(self, keys: Mapping[str, Any], *, entity: str | None = None) -> dict[str, int]:
+        """Remove every trace of one entity — its rows in every view and its stream events — in one transaction.
+
+        ``keys`` are the entity's join keys (``{"user_id": 7}``); ``entity`` names it when several entities share
+        join-key names. Returns the deleted rows per view (``stream:<name>`` for event logs).
+        """
+        ent = resolve_entity(self._reg, keys, entity)
+        want = bool(self._listeners)
+        with self._lock:
+            self._check_open()
+            with transaction(self._writer):
+                counts, touched = delete_entity(self._writer, self._reg, ent, keys, want)
+        if want:
+            self._notify(touched)
+        return counts
+
+    # --- reads -----------------------------------------------------------------------------------------------
+
+    def get_online_features(
+        self,
+        features: Sequence[str] | FeatureService | str,
+        entity_rows: object,
+        full_feature_names: bool = False,
+    ) -> OnlineResponse:
+        """Features for ``entity_rows`` as of now.
+
+        ``features``: ``"view:feature"`` strings, a :class:`FeatureService` or a registered service's name.
+        ``entity_rows``: a list of dicts or a dict of columns; keys that are not join keys are request data for
+        on-demand views. Missing entities and values come back as None with ``NOT_FOUND``; values older than the
+        view's TTL as None with ``OUTSIDE_MAX_AGE``.
+        """
+        if type(features) is list:
+            key: Any = (tuple(features), full_feature_names)
+        elif isinstance(features, FeatureService):
+            key = (features.features, full_feature_names)
+        elif isinstance(features, str):
+            key = (self.get_feature_service(features).features, full_feature_names)
+        else:
+            key = (tuple(features), full_feature_names)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = compile_plan(self._reg, key[0], full_feature_names)
+        if self._closed:
+            raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
+        now = round(self._clock() * 1_000_000)
+        if self._memory:
+            with self._lock:
+                return execute(plan, self._writer, entity_rows, now, snapshot=True)
+        if plan.single is not None and type(entity_rows) is list and len(entity_rows) == 1:
+            row = entity_rows[0]
+            if type(row) is dict:
+                return execute_one(plan, self._reader(), row, now)
+        return execute(plan, self._reader(), entity_rows, now, snapshot=True)
+
+    def list_entities(self, view: str) -> list[dict[str, Any]]:
+        """Every entity stored in a feature view (or seen in a stream view's log), as join-key dicts."""
+        return [e for batch in self.iter_entities(view) for e in batch]
+
+    def iter_entities(self, view: str, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Like :meth:`list_entities`, ``batch_size`` entities at a time (ready to pass as ``entity_rows``)."""
+        self._check_open()
+        if self._memory:
+            with self._lock:
+                batches = list(iter_entities(self._writer, self._reg, view, batch_size))
+            yield from batches
+            return
+        # A private connection: the generator may be consumed slowly while this thread reads features.
+        conn = connect(self.path, readonly=True)
+        try:
+            yield from iter_entities(conn, self._reg, view, batch_size)
+        finally:
+            conn.close()
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per view and stream: rows, expired rows, oldest and newest event time, TTL and budget."""
+        self._check_open()
+        with self._lock:
+            return stats(self._writer, self._reg, self._now_us())

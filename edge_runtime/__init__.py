@@ -19,6 +19,7 @@ from ._errors import (
     ModelError,
     ModelInputError,
     ModelNotFoundError,
+    QuantizationError,
     RowValidationError,
     SchemaConflictError,
     SignatureError,
@@ -45,6 +46,7 @@ _errors_all = [
     "ModelError",
     "ModelInputError",
     "ModelNotFoundError",
+    "QuantizationError",
     "RowValidationError",
     "SchemaConflictError",
     "SignatureError",
@@ -53,4 +55,4 @@ _errors_all = [
     "VersionPolicyError",
 ]
 
-__all__ = [*_errors_all, *_features_all, *_models_all]  # noqa: PLE0604
+__all__ = [*_errors_all, *_features_all, *_models_all]

@@ -173,3 +173,12 @@ class ModelNotFoundError(ModelError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class QuantizationError(ModelError):
+    """Quantising a model was asked for wrongly or failed: a missing or unreadable model file, static mode without
+    calibration data, or the ``quantize`` extra (onnx) not installed. ``path`` is the file concerned, if any."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)

@@ -1,7 +1,30 @@
-"""cloud_sync: keeps devices' feature caches and models in sync with the cloud over MQTT."""
+"""cloud_sync: keeps devices' feature caches and models in sync with the cloud over MQTT.
+
+Subpackages: :mod:`cloud_sync.protocol` (topics, envelope, codecs, message types) and :mod:`cloud_sync.broker`
+(mosquitto for tests and the demo, amqtt as an embedded fallback). Importing ``cloud_sync`` itself loads only
+the exception classes.
+"""
 
 from __future__ import annotations
 
-from ._errors import CloudSyncError
+from ._errors import (
+    BrokerError,
+    BrokerNotInstalledError,
+    CloudSyncError,
+    DecodeError,
+    EncodeError,
+    InvalidTopicError,
+    MessageTooLargeError,
+    ProtocolError,
+)
 
-__all__ = ["CloudSyncError"]
+__all__ = [
+    "BrokerError",
+    "BrokerNotInstalledError",
+    "CloudSyncError",
+    "DecodeError",
+    "EncodeError",
+    "InvalidTopicError",
+    "MessageTooLargeError",
+    "ProtocolError",
+]

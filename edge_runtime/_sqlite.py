@@ -35,9 +35,7 @@ def connect(path: str | Path, *, readonly: bool = False, check_same_thread: bool
             cached_statements=256,
         )
     else:
-        conn = sqlite3.connect(
-            target, isolation_level=None, check_same_thread=check_same_thread, cached_statements=256
-        )
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=check_same_thread, cached_statements=256)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if not readonly and target != ":memory:":
         conn.execute("PRAGMA journal_mode = WAL")
@@ -75,9 +73,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, table:
 
     A migration that raises leaves neither its schema changes nor its record behind, so the next open retries it.
     """
-    conn.execute(
-        f'CREATE TABLE IF NOT EXISTS "{table}" (name TEXT PRIMARY KEY, applied_at_us INTEGER NOT NULL)'
-    )
+    conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (name TEXT PRIMARY KEY, applied_at_us INTEGER NOT NULL)')
     done = {row[0] for row in conn.execute(f'SELECT name FROM "{table}"')}
     applied = []
     for migration in migrations:

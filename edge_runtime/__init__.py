@@ -7,6 +7,18 @@ The public API is exactly what ``__all__`` lists; modules whose names start with
 
 from __future__ import annotations
 
+from ._config import (
+    CacheSettings,
+    DownloadPolicy,
+    ModelSettings,
+    OnWrite,
+    RuntimeConfig,
+    RuntimeSettings,
+    ServingMode,
+    SyncSettings,
+    TelemetrySettings,
+    load_config,
+)
 from ._errors import (
     BackendUnavailableError,
     BundleError,
@@ -27,10 +39,12 @@ from ._errors import (
     UnknownNameError,
     VersionPolicyError,
 )
-from .features import *  # noqa: F403 - re-exports exactly features.__all__
+from .features import *
 from .features import __all__ as _features_all
-from .models import *  # noqa: F403 - re-exports exactly models.__all__
+from .models import *
 from .models import __all__ as _models_all
+from .serving import *
+from .serving import __all__ as _serving_all
 
 __version__ = "0.1.0"
 
@@ -55,4 +69,17 @@ _errors_all = [
     "VersionPolicyError",
 ]
 
-__all__ = [*_errors_all, *_features_all, *_models_all]
+_config_all = [
+    "CacheSettings",
+    "DownloadPolicy",
+    "ModelSettings",
+    "OnWrite",
+    "RuntimeConfig",
+    "RuntimeSettings",
+    "ServingMode",
+    "SyncSettings",
+    "TelemetrySettings",
+    "load_config",
+]
+
+__all__ = [*_errors_all, *_config_all, *_features_all, *_models_all, *_serving_all]

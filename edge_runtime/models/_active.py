@@ -21,6 +21,7 @@ from edge_runtime._errors import ModelError
 from ._backend import InferenceBackend
 from ._manifest import Manifest
 
+
 def _close_backend(backend: InferenceBackend) -> None:
     try:
         backend.close()

@@ -7,9 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 from _model_factory import expected_output, make_bundle, sample_inputs
 
 from edge_runtime import ModelStore

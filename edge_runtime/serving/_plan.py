@@ -1,0 +1,110 @@
+"""Per model version: everything ``predict`` needs, compiled once when a version becomes active."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_runtime._config import ModelSettings, OnWrite, ServingMode
+from edge_runtime._errors import ConfigError
+from edge_runtime.features import FeatureStore
+from edge_runtime.models import ActiveModel
+from edge_runtime.serving._cache import Dependency, ModelCache, OutputLayout
+from edge_runtime.serving._inputs import InputPlan, view_tables
+from edge_runtime.serving._prediction import InputStatus
+
+#: Status codes stored with a cached prediction (one byte per input feature).
+STATUS_CODES = (InputStatus.PRESENT, InputStatus.DEFAULTED, InputStatus.EXPIRED, InputStatus.MISSING)
+STATUS_INDEX = {s: i for i, s in enumerate(STATUS_CODES)}
+
+
+@dataclass
+class ModelPlan:
+    """The compiled serving plan of one active model version."""
+
+    active: ActiveModel
+    settings: ModelSettings
+    mode: ServingMode
+    inputs: InputPlan | None
+    layout: OutputLayout
+    prediction_ref: str | None
+    on_write: OnWrite
+    deps: tuple[Dependency, ...] = ()
+    #: views whose writes concern this model (for recompute-on-write)
+    dep_views: frozenset[str] = frozenset()
+    stream_inputs: bool = False
+    cache: ModelCache | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The model name."""
+        return self.active.name
+
+    @property
+    def version(self) -> int:
+        """The model version."""
+        return self.active.version
+
+
+def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureStore) -> ModelPlan:
+    """Compile the serving plan of ``active`` under the profile's ``settings``."""
+    manifest = active.manifest
+    serving = dict(manifest.serving or {})
+    inputs = InputPlan(manifest, store) if manifest.features else None
+    default_mode = settings.mode or _mode(serving.get("mode"), manifest.name)
+    if default_mode is None:
+        default_mode = ServingMode.ONLINE if inputs is not None else ServingMode.TENSORS
+    prediction_ref = settings.prediction_feature or serving.get("prediction_feature")
+    on_write = settings.on_write
+    if settings.mode is None and "on_write" in serving:
+        on_write = OnWrite(serving["on_write"])
+    fields = []
+    for spec in active.backend.outputs:
+        row_shape = tuple(d if d is not None else 1 for d in spec.shape[1:])
+        fields.append((spec.name, np.dtype(spec.dtype), row_shape))
+    deps: list[Dependency] = []
+    dep_views: set[str] = set()
+    stream_inputs = False
+    if inputs is not None:
+        keys = set(inputs.join_keys)
+        for view_name in sorted({r.split(":", 1)[0] for r in inputs.store_refs}):
+            for table in view_tables(store.get_view(view_name)):
+                if set(table.keys) <= keys:
+                    deps.append(Dependency(table=table.table, keys=table.keys, ops=table.ops))
+                    dep_views.add(table.view)
+                stream_inputs = stream_inputs or table.stream
+    return ModelPlan(
+        active=active,
+        settings=settings,
+        mode=default_mode,
+        inputs=inputs,
+        layout=OutputLayout(tuple(fields), status_width=len(inputs.refs) if inputs is not None else 0),
+        prediction_ref=prediction_ref,
+        on_write=on_write,
+        deps=tuple(deps),
+        dep_views=frozenset(dep_views),
+        stream_inputs=stream_inputs,
+    )
+
+
+def _mode(value: object, model: str) -> ServingMode | None:
+    if value is None:
+        return None
+    try:
+        return ServingMode(value)
+    except ValueError:
+        raise ConfigError(
+            f"model {model!r}: manifest serving.mode {value!r} is unknown",
+            key="serving.mode",
+            expected=" | ".join(m.value for m in ServingMode),
+            got=value,
+        ) from None
+
+
+def output_view_name(model: str) -> str:
+    """The feature view ``batch_predict`` writes ``model``'s predictions to."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", model) + "_predictions"

@@ -1,0 +1,304 @@
+"""``EdgeRuntime``: the one object a device app embeds to get predictions offline."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime._config import OnWrite, RuntimeConfig, ServingMode, load_config
+from edge_runtime._errors import ConfigError, ModelInputError
+from edge_runtime._outbox import Outbox
+from edge_runtime._telemetry import TelemetryRecorder
+from edge_runtime._time import Clock, now_us
+from edge_runtime.features import FeatureStore, load_definitions
+from edge_runtime.models import ModelStore
+from edge_runtime.serving._batch import BatchResult, BatchScheduler, run_batch_predict
+from edge_runtime.serving._cache import PredictionCache
+from edge_runtime.serving._modes import predict_cached, predict_online, predict_precomputed
+from edge_runtime.serving._plan import ModelPlan, compile_plan
+from edge_runtime.serving._prediction import InputStatus, Prediction
+
+log = logging.getLogger(__name__)
+
+FEATURES_DB = "features.db"
+MODELS_DIR = "models"
+TELEMETRY_DB = "telemetry.db"
+
+
+class EdgeRuntime:
+    """Predictions on the device, with no network in the request path.
+
+    One data directory holds the feature store (``features.db``, which also holds the prediction cache), the
+    model store (``models/``) and the telemetry outbox (``telemetry.db``). Use it as a context manager or call
+    :meth:`close`. ``clock`` (epoch seconds) drives TTLs, stream windows and cache validity, for tests.
+    """
+
+    def __init__(
+        self, config: RuntimeConfig | None = None, *, clock: Clock | None = None, start_sync: bool = True
+    ) -> None:
+        self.config = config = config or RuntimeConfig()
+        self._clock: Clock = clock or time.time
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._closers: list[Any] = []
+        try:
+            self.features = FeatureStore(self.data_dir / FEATURES_DB, clock=self._clock)
+            self._closers.append(self.features)
+            if config.definitions is not None:
+                self.features.apply(load_definitions(config.definitions))
+            keys = list(config.sync.trusted_keys) if config.sync else []
+            pins = {m.name: m.pin_version for m in config.models if m.pin_version is not None}
+            self.models = ModelStore(
+                self.data_dir / MODELS_DIR,
+                trusted_keys=keys or None,
+                backend=None if config.runtime.backend == "auto" else config.runtime.backend,
+                threads=config.runtime.threads,
+                policy=pins or "latest",
+            )
+            self._closers.append(self.models)
+            self._cache = PredictionCache(
+                self.data_dir / FEATURES_DB, clock=self._clock, max_rows=config.cache.prediction_cache_max_rows
+            )
+            self._closers.append(self._cache)
+            self.telemetry: TelemetryRecorder | None = None
+            if config.telemetry.enabled:
+                outbox = Outbox(self.data_dir / TELEMETRY_DB)
+                self._closers.append(outbox)
+                self.telemetry = TelemetryRecorder(
+                    outbox, period_s=config.telemetry.period_s, epsilon=config.telemetry.epsilon, clock=self._clock
+                )
+        except BaseException:
+            self._close_all()
+            raise
+        self._plans: dict[str, ModelPlan] = {}
+        self._plan_lock = threading.Lock()
+        self.features.add_write_listener(self._on_feature_write)
+        self._scheduler = BatchScheduler(self)
+        for m in config.models:
+            if m.batch_interval_s:
+                self._scheduler.schedule(m.name, m.batch_interval_s)
+        self.agent: Any = None
+        if config.sync is not None and start_sync:
+            self.agent = self._start_agent()
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, data_dir: str | Path | None = None, **kwargs: Any) -> EdgeRuntime:
+        """A runtime for the device profile at ``path`` (``data_dir`` overrides the profile's)."""
+        return cls(load_config(path, data_dir=data_dir), **kwargs)
+
+    # --- predictions ---------------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        model: str,
+        entity_rows: object = None,
+        request_data: object = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        mode: ServingMode | str | None = None,
+    ) -> Prediction:
+        """Predict with the active version of ``model``.
+
+        ``entity_rows``: a list of dicts or a dict of columns with each row's join keys (and request data); many
+        rows run as one batched model call. ``request_data``: a dict for every row, or a list of dicts. ``inputs``:
+        tensors by input name, for models that take no features. ``mode`` overrides the profile and manifest.
+        """
+        t0 = time.perf_counter()
+        plan = self._plan(model)
+        chosen = self._mode(plan, mode, inputs)
+        if chosen is ServingMode.TENSORS:
+            result = self._predict_tensors(plan, inputs)
+        elif chosen is ServingMode.ONLINE:
+            result = predict_online(plan, entity_rows, request_data)
+        elif chosen is ServingMode.CACHED:
+            result = predict_cached(self, plan, entity_rows, request_data)
+        else:
+            result = predict_precomputed(self, plan, entity_rows, request_data)
+        result.latency_s = time.perf_counter() - t0
+        if self.telemetry is not None:
+            self._record(plan, result)
+        return result
+
+    def batch_predict(
+        self, model: str, *, view: str | None = None, output_view: str | None = None, batch_size: int = 20_000
+    ) -> BatchResult:
+        """Score every entity cached in ``view`` (default: the model's first feature view) and store the
+        predictions in the feature view ``output_view`` (default ``<model>_predictions``), in one transaction."""
+        return run_batch_predict(self, self._plan(model), view=view, output_view=output_view, batch_size=batch_size)
+
+    def schedule_batch_predict(self, model: str, interval_s: float) -> None:
+        """Run :meth:`batch_predict` for ``model`` every ``interval_s`` seconds in a background thread."""
+        self._scheduler.schedule(model, interval_s)
+
+    def _predict_tensors(self, plan: ModelPlan, inputs: Mapping[str, Any] | None) -> Prediction:
+        if inputs is None:
+            raise ModelInputError(f"model {plan.name!r} in mode 'tensors' needs inputs={{input name: array}}")
+        feeds = {k: np.asarray(v) for k, v in inputs.items()}
+        outputs = plan.active.run(feeds)
+        n = len(next(iter(outputs.values()))) if outputs else 0
+        return Prediction(
+            model=plan.name,
+            version=plan.version,
+            mode=ServingMode.TENSORS.value,
+            outputs=outputs,
+            feature_status={},
+            cached=[False] * n,
+        )
+
+    # --- plans ---------------------------------------------------------------------------------------------------
+
+    def _plan(self, model: str) -> ModelPlan:
+        active = self.models.active(model)
+        plan = self._plans.get(model)
+        if plan is not None and plan.active is active:
+            return plan
+        with self._plan_lock:
+            plan = self._plans.get(model)
+            if plan is None or plan.active is not active:
+                plan = compile_plan(active, self.config.model(model), self.features)
+                self._plans[model] = plan
+        return plan
+
+    def _mode(self, plan: ModelPlan, mode: ServingMode | str | None, inputs: object) -> ServingMode:
+        if mode is None:
+            return ServingMode.TENSORS if inputs is not None else plan.mode
+        try:
+            return ServingMode(mode)
+        except ValueError:
+            raise ConfigError(
+                f"unknown serving mode {mode!r}",
+                key="mode",
+                expected=" | ".join(m.value for m in ServingMode),
+                got=mode,
+            ) from None
+
+    # --- cache maintenance ---------------------------------------------------------------------------------------
+
+    def cache_for(self, plan: ModelPlan) -> Any:
+        """The prediction cache of ``plan``'s model (created, with its triggers, on first use)."""
+        cache = plan.cache
+        if cache is None:
+            if plan.inputs is None:
+                raise ModelInputError(f"model {plan.name!r} has no features; cached mode needs entity-keyed inputs")
+            cache = plan.cache = self._cache.model(
+                plan.name, plan.version, plan.inputs.join_keys, plan.layout, plan.deps
+            )
+        return cache
+
+    @property
+    def prediction_cache(self) -> PredictionCache:
+        """The prediction cache (for inspection: ``count(model)``, ``invalidate(model)``)."""
+        return self._cache
+
+    def _on_feature_write(self, view: str, keys: list[tuple[Any, ...]]) -> None:
+        """Recompute cached predictions of the written entities, for models configured with on_write=recompute.
+        (Invalidation itself happens in SQLite triggers, inside the write's own transaction.)"""
+        for plan in list(self._plans.values()):
+            if plan.on_write is not OnWrite.RECOMPUTE or plan.cache is None or view not in plan.dep_views:
+                continue
+            if plan.inputs is None:
+                continue
+            view_keys = self.features.join_keys(view)
+            if tuple(view_keys) != plan.inputs.join_keys:
+                continue  # rows keyed more finely than the view: nothing to name them by
+            rows = [dict(zip(view_keys, k, strict=True)) for k in keys]
+            try:
+                predict_cached(self, plan, rows, None)
+            except Exception:
+                log.exception("recomputing cached predictions of %s after a write to %s failed", plan.name, view)
+
+    def now_us(self) -> int:
+        """The runtime clock's current time in epoch microseconds."""
+        return now_us(self._clock)
+
+    # --- status, telemetry, lifecycle ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What runs here: profile, models (active, previous, mode), feature views, cache sizes, sync, telemetry."""
+        models = []
+        for name in self.models.names():
+            active = self.models.active_version(name)
+            settings = self.config.model(name)
+            models.append(
+                {
+                    "name": name,
+                    "active": active,
+                    "previous": self.models.previous_version(name),
+                    "mode": (settings.mode.value if settings.mode else None)
+                    or (self._plans[name].mode.value if name in self._plans else None),
+                    "cached_predictions": self._cache.count(name),
+                }
+            )
+        return {
+            "profile": self.config.profile,
+            "data_dir": str(self.data_dir),
+            "models": models,
+            "features": self.features.stats(),
+            "sync": self.agent.status() if self.agent is not None else None,
+            "telemetry": {
+                "enabled": self.telemetry is not None,
+                "pending_reports": len(self.telemetry.outbox) if self.telemetry is not None else 0,
+            },
+        }
+
+    def _record(self, plan: ModelPlan, result: Prediction) -> None:
+        assert self.telemetry is not None
+        counts: dict[str, dict[str, int]] = {}
+        for ref, statuses in result.feature_status.items():
+            c = {"missing": 0, "expired": 0, "defaulted": 0}
+            for s in statuses:
+                if s is not InputStatus.PRESENT:
+                    c[s.value] += 1
+            counts[ref] = c
+        first = result.output.reshape(len(result), -1)[:64, 0].tolist() if len(result) else []
+        self.telemetry.record(
+            plan.name,
+            plan.version,
+            rows=len(result),
+            latency_s=result.latency_s,
+            first_outputs=first,
+            cache_hits=sum(result.cached),
+            feature_status_counts=counts,
+        )
+        self.telemetry.maybe_flush()
+
+    def _start_agent(self) -> Any:
+        from cloud_sync.agent import DeviceAgent  # lazy: the sync stack is not on the predict path
+
+        agent = DeviceAgent.for_runtime(self)
+        agent.start()
+        return agent
+
+    def close(self) -> None:
+        """Stop the scheduler and the sync agent, flush telemetry, and close every store."""
+        self._scheduler.stop()
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+        if self.telemetry is not None:
+            try:
+                self.telemetry.flush()
+            except Exception:
+                log.exception("flushing telemetry on close failed")
+        self._plans.clear()
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for obj in reversed(self._closers):
+            try:
+                obj.close()
+            except Exception:
+                log.exception("closing %r failed", obj)
+        self._closers.clear()
+
+    def __enter__(self) -> EdgeRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,168 @@
+"""Cached predictions hold only for the model version and the feature values they were computed from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import (
+    EdgeRuntime,
+    FeatureStore,
+    InputStatus,
+    ModelSettings,
+    OnWrite,
+    RowValidationError,
+    ServingMode,
+)
+from edge_runtime.models import package_bundle
+from tests.edge_runtime.serving.conftest import MODELS, Clock, make_runtime, user_row
+
+
+def cached_runtime(tmp_path: Path, clock: Clock, on_write: OnWrite = OnWrite.INVALIDATE) -> EdgeRuntime:
+    settings = ModelSettings(name="ctr", mode=ServingMode.CACHED, on_write=on_write)
+    return make_runtime(tmp_path / "data", clock, models=(settings,))
+
+
+def test_miss_then_hit_returns_the_same_answer(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        first = rt.predict("ctr", [{"user_id": 1}])
+        second = rt.predict("ctr", [{"user_id": 1}])
+        assert (first.cached, second.cached) == ([False], [True])
+        np.testing.assert_array_equal(first.output, second.output)
+        assert second.feature_status == first.feature_status
+        assert rt.prediction_cache.count("ctr") == 1
+        online = rt.predict("ctr", [{"user_id": 1}], mode="online")
+        np.testing.assert_allclose(second.output, online.output)
+
+
+def test_mixed_batches_compute_only_the_misses(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        rt.predict("ctr", [{"user_id": 2}, {"user_id": 4}])
+        p = rt.predict("ctr", [{"user_id": i} for i in range(1, 6)])
+        assert p.cached == [False, True, False, True, False]
+        online = rt.predict("ctr", {"user_id": [1, 2, 3, 4, 5]}, mode="online")
+        np.testing.assert_allclose(p.output, online.output, rtol=1e-6)
+        assert rt.prediction_cache.count("ctr") == 5
+
+
+def test_a_feature_write_invalidates_in_the_same_transaction(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        before = rt.predict("ctr", [{"user_id": 3}, {"user_id": 4}])
+        rt.features.write_to_online_store("user_data", [user_row(3, clock(), click_through_rate=0.4)])
+        after = rt.predict("ctr", [{"user_id": 3}, {"user_id": 4}])
+        assert after.cached == [False, True]
+        assert after.output[0, 0] != before.output[0, 0]
+
+
+def test_an_older_event_does_not_invalidate(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        rt.predict("ctr", [{"user_id": 3}])
+        rt.features.write_to_online_store("user_data", [user_row(3, clock() - 3600, click_through_rate=0.4)])
+        assert rt.predict("ctr", [{"user_id": 3}]).cached == [True]
+
+
+def test_writes_from_another_process_connection_invalidate_too(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        rt.predict("ctr", [{"user_id": 5}, {"user_id": 6}])
+        # a separate store object: its own connections, no listener registered by the runtime
+        with FeatureStore(tmp_path / "data" / "features.db", clock=clock) as other:
+            other.write_to_online_store("user_data", [user_row(5, clock(), sessions_last_7d=8)])
+            other.delete_entity({"user_id": 6})
+        p = rt.predict("ctr", [{"user_id": 5}, {"user_id": 6}])
+        assert p.cached == [False, False]
+        assert p.feature_status["user_data:sessions_last_7d"] == [InputStatus.PRESENT, InputStatus.DEFAULTED]
+
+
+def test_pushed_events_invalidate_and_windows_bound_validity(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        rt.predict("ctr", [{"user_id": 7}])
+        assert rt.predict("ctr", [{"user_id": 7}]).cached == [True]
+        rt.features.push_events("orders", [{"user_id": 7, "amount": 3.0, "event_timestamp": clock()}])
+        assert rt.predict("ctr", [{"user_id": 7}]).cached == [False]
+        assert rt.predict("ctr", [{"user_id": 7}]).cached == [True]
+        clock.advance(6)  # stream aggregates slide with time: a cached answer that reads them is short-lived
+        assert rt.predict("ctr", [{"user_id": 7}]).cached == [False]
+
+
+def test_ttl_expiry_of_an_input_ends_the_cached_answer(tmp_path: Path, clock: Clock) -> None:
+    settings = ModelSettings(name="ctr", mode=ServingMode.CACHED)
+    with make_runtime(tmp_path / "d", clock, models=(settings,)) as rt:
+        # push the stream bound out of the way: only the TTL should matter here
+        first = rt.predict("ctr", [{"user_id": 8}])
+        assert first.feature_status["user_data:avg_order_value"] == [InputStatus.PRESENT]
+        clock.advance(2 * 86_400)  # user_data rows were written 60 s before T0 with a 2-day TTL
+        p = rt.predict("ctr", [{"user_id": 8}])
+        assert p.cached == [False]
+        assert p.feature_status["user_data:avg_order_value"] == [InputStatus.EXPIRED]
+
+
+def test_a_new_model_version_invalidates(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        rt.predict("ctr", [{"user_id": 9}])
+        src = MODELS / "ctr-onnx-int8"
+        v2 = package_bundle(
+            src / "model.onnx",
+            tmp_path / "ctr-v2",
+            name="ctr",
+            version=2,
+            features=[f.to_dict() for f in rt.models.active("ctr").manifest.features],
+        )
+        rt.models.install(v2, activate=True)
+        p = rt.predict("ctr", [{"user_id": 9}])
+        assert (p.version, p.cached) == (2, [False])
+        assert rt.predict("ctr", [{"user_id": 9}]).cached == [True]
+        rt.models.rollback("ctr")
+        p = rt.predict("ctr", [{"user_id": 9}])
+        assert (p.version, p.cached) == (1, [False])
+
+
+def test_recompute_on_write_refreshes_the_cache_in_the_writer(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock, on_write=OnWrite.RECOMPUTE) as rt:
+        rt.predict("ctr", [{"user_id": 10}])
+        rt.features.write_to_online_store("user_data", [user_row(10, clock(), number_of_clicks=90)])
+        p = rt.predict("ctr", [{"user_id": 10}])
+        assert p.cached == [True], "the data producer's write already recomputed the prediction"
+        online = rt.predict("ctr", [{"user_id": 10}], mode="online")
+        np.testing.assert_allclose(p.output, online.output, rtol=1e-6)
+
+
+def test_request_data_is_part_of_the_cache_key(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        a = rt.predict("ctr", [{"user_id": 11}], request_data={"channel": "web"})
+        b = rt.predict("ctr", [{"user_id": 11}], request_data={"channel": "app"})
+        c = rt.predict("ctr", [{"user_id": 11}], request_data={"channel": "web"})
+        assert (a.cached, b.cached, c.cached) == ([False], [False], [True])
+
+
+def test_a_racing_feature_write_keeps_a_stale_answer_out(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        rt.predict("ctr", [{"user_id": 12}])  # creates the cache table and triggers
+        cache = rt.prediction_cache
+        plan = rt._plan("ctr")
+        seen = cache.data_version()
+        with FeatureStore(tmp_path / "data" / "features.db", clock=clock) as other:
+            other.write_to_online_store("user_data", [user_row(13, clock())])
+        stored = cache.put_many(plan.cache, [((13,), "", b"x" * 8, 2**62)], plan.version, seen_version=seen)
+        assert stored is False
+        assert rt.predict("ctr", [{"user_id": 13}]).cached == [False]
+
+
+def test_rows_without_their_join_keys_are_refused_in_every_mode(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        for mode in ("cached", "online"):
+            with pytest.raises(RowValidationError, match="join key 'user_id' is missing") as info:
+                rt.predict("ctr", [{"user_id": 1}, {}], mode=mode)
+            assert (info.value.row, info.value.column) == (1, "user_id")
+        assert rt.prediction_cache.count("ctr") == 0
+
+
+@pytest.mark.parametrize("bundle", ["ctr-tflite-int8", "ctr-onnx-int8"])
+def test_cached_mode_on_every_committed_variant(tmp_path: Path, clock: Clock, bundle: str) -> None:
+    settings = ModelSettings(name="ctr", mode=ServingMode.CACHED)
+    with make_runtime(tmp_path / "d", clock, bundle=bundle, models=(settings,)) as rt:
+        a = rt.predict("ctr", [{"user_id": 1}, {"user_id": 2}])
+        b = rt.predict("ctr", [{"user_id": 1}, {"user_id": 2}])
+        assert b.cached == [True, True]
+        np.testing.assert_array_equal(a.output, b.output)

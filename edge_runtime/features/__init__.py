@@ -19,13 +19,14 @@ from ._definitions import (
     StreamFeatureView,
     on_demand_feature_view,
 )
-from ._response import FieldStatus, OnlineResponse
+from ._response import EntityRead, FieldStatus, OnlineResponse
 from ._store import FeatureStore, WriteListener
 from ._toml_defs import load_definitions
 
 __all__ = [
     "Aggregation",
     "Entity",
+    "EntityRead",
     "FeatureService",
     "FeatureStore",
     "FeatureView",

@@ -21,7 +21,7 @@ from edge_runtime._sqlite import quote_ident
 from ._definitions import FeatureView, Field, OnDemandFeatureView, RequestSource, StreamFeatureView
 from ._dtypes import DType, ValueCheckError, check_key_value
 from ._registry import Registry, stream_table, view_table
-from ._response import OnlineResponse, Output
+from ._response import EntityRead, FieldStatus, OnlineResponse, Output
 from ._stream import StreamQuery
 
 ENTITY_ROWS = "entity_rows"
@@ -91,6 +91,8 @@ class ReadPlan:
     single: ViewPart | None = None
     #: Per part: (index of event_ts in its rows, TTL in µs) for a feature view with a TTL, else None.
     expiry: tuple[tuple[int, int] | None, ...] = ()
+    #: Whether an on-demand view is part of the plan (single-entity reads then take the general path).
+    has_odfv: bool = False
 
 
 def parse_ref(ref: object, reg: Registry) -> tuple[Any, str]:
@@ -180,7 +182,13 @@ def compile_plan(reg: Registry, refs: Sequence[str], full_feature_names: bool) -
     single = parts[0] if len(parts) == 1 and isinstance(parts[0], ViewPart) else None
     expiry = tuple((len(p.cols), p.ttl_us) if isinstance(p, ViewPart) and p.ttl_us else None for p in parts)
     return ReadPlan(
-        parts=parts, outputs=outputs, join_keys=tuple(keys), n_data_parts=n_data, single=single, expiry=expiry
+        parts=parts,
+        outputs=outputs,
+        join_keys=tuple(keys),
+        n_data_parts=n_data,
+        single=single,
+        expiry=expiry,
+        has_odfv=len(parts) > n_data,
     )
 
 
@@ -386,6 +394,84 @@ def execute_one(plan: ReadPlan, conn: sqlite3.Connection, entity_row: dict[str, 
         r = None
     return OnlineResponse(
         {k: [v] for k, v in entity_row.items()}, 1, plan.outputs, [[r]], [expired], expiry=plan.expiry
+    )
+
+
+def read_one(plan: ReadPlan, conn: sqlite3.Connection, entity_row: Mapping[str, Any], now_us: int) -> EntityRead:
+    """One entity's features as flat lists, without building a response: the hot path of single-entity serving.
+
+    Plans with on-demand views, and unusual key values (which need conversion or a precise error), take the
+    general path and are flattened from its response.
+    """
+    if plan.has_odfv or not _plain_keys(plan.join_keys, entity_row):
+        return flatten(execute(plan, conn, [dict(entity_row)], now_us, snapshot=True))
+    parts = plan.parts
+    snapshot = plan.n_data_parts > 1 and not conn.in_transaction
+    fetched: list[Any] = []
+    if snapshot:
+        conn.execute("BEGIN")
+    try:
+        for part in parts:
+            key = [entity_row[k] for k in part.keys]
+            if isinstance(part, ViewPart):
+                fetched.append(conn.execute(part.sql_one, key).fetchone())
+            else:
+                fetched.append(part.fetch_one(conn, key, now_us))
+    except OverflowError:  # an int key beyond int64: the general path names it
+        return flatten(execute(plan, conn, [dict(entity_row)], now_us, snapshot=False))
+    finally:
+        if snapshot:
+            conn.execute("COMMIT")
+    # Per part: its row (None when absent or past its TTL), the status its values get, and their TTL expiry.
+    states = []
+    metas = plan.expiry
+    for pi, r in enumerate(fetched):
+        meta = metas[pi] if pi < len(metas) else None
+        if r is None:
+            states.append((None, _NOT_FOUND, None))
+        elif meta is None:
+            states.append((r, _PRESENT, None))
+        elif r[meta[0]] < now_us - meta[1]:
+            states.append((None, _EXPIRED, None))
+        else:
+            states.append((r, _PRESENT, r[meta[0]] + meta[1]))
+    values: list[Any] = []
+    statuses: list[FieldStatus] = []
+    expiry: list[int | None] = []
+    for _name, pi, pos, dec, _ in plan.outputs:
+        r, st, exp = states[pi]
+        v = None if r is None else r[pos]
+        if v is None:
+            values.append(None)
+            statuses.append(_NOT_FOUND if r is not None else st)
+            expiry.append(None)
+        else:
+            values.append(v if dec is None else dec(v))
+            statuses.append(st)
+            expiry.append(exp)
+    return EntityRead([o[0] for o in plan.outputs], values, statuses, expiry)
+
+
+_PRESENT, _NOT_FOUND, _EXPIRED = FieldStatus.PRESENT, FieldStatus.NOT_FOUND, FieldStatus.OUTSIDE_MAX_AGE
+
+
+def _plain_keys(keys: Sequence[str], row: Mapping[str, Any]) -> bool:
+    for k in keys:
+        t = type(row.get(k))
+        if t is not int and t is not str:
+            return False
+    return True
+
+
+def flatten(response: OnlineResponse) -> EntityRead:
+    """The first row of a response as an :class:`EntityRead`."""
+    names = response.feature_names
+    st = response.statuses
+    return EntityRead(
+        names,
+        [response.values(n)[0] for n in names],
+        [st[n][0] for n in names],
+        [response.expiry_us(n)[0] for n in names],
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,19 @@ class FieldStatus(enum.Enum):
     PRESENT = "PRESENT"
     NOT_FOUND = "NOT_FOUND"
     OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
+
+
+class EntityRead(NamedTuple):
+    """One entity's features as flat lists in the requested order (see :meth:`FeatureStore.read_entity`)."""
+
+    #: the feature columns' names
+    names: list[str]
+    #: each value, None where missing or expired
+    values: list[Any]
+    #: each value's status
+    statuses: list[FieldStatus]
+    #: when each value passes its view's TTL (epoch µs); None without a TTL, for computed values, or when absent
+    expiry_us: list[int | None]
 
 
 #: One output column: (name, part index, position in the part's rows, decoder or None, dtype).
@@ -129,7 +142,11 @@ class OnlineResponse:
         if meta is None:
             return [None] * self._n
         ets, ttl = meta
-        return [r[ets] + ttl if r is not None else None for r in self._rows[part]]
+        values = self.values(name)
+        return [
+            r[ets] + ttl if r is not None and v is not None else None
+            for r, v in zip(self._rows[part], values, strict=True)
+        ]
 
     @property
     def statuses(self) -> dict[str, list[FieldStatus]]:

@@ -33,9 +33,9 @@ from ._maintenance import (
     sweep_expired,
     write_state,
 )
-from ._read import ReadPlan, compile_plan, entity_columns, execute, execute_one
+from ._read import ReadPlan, compile_plan, entity_columns, execute, execute_one, read_one
 from ._registry import META_TABLE, MIGRATIONS, MIGRATIONS_TABLE, Registry, apply_definitions, stream_table, view_table
-from ._response import OnlineResponse
+from ._response import EntityRead, OnlineResponse
 from ._stream import PRUNE_EVERY_ROWS, PRUNE_EVERY_US, insert_sql, prune_sql
 from ._write import encode_batch, encode_keys, to_columns, upsert_sql
 
@@ -348,6 +348,20 @@ class FeatureStore:
 
     # --- reads -----------------------------------------------------------------------------------------------
 
+    def _plan(self, features: Sequence[str] | FeatureService | str, full_feature_names: bool) -> ReadPlan:
+        if type(features) is list:
+            key: Any = (tuple(features), full_feature_names)
+        elif isinstance(features, FeatureService):
+            key = (features.features, full_feature_names)
+        elif isinstance(features, str):
+            key = (self.get_feature_service(features).features, full_feature_names)
+        else:
+            key = (tuple(features), full_feature_names)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = compile_plan(self._reg, key[0], full_feature_names)
+        return plan
+
     def get_online_features(
         self,
         features: Sequence[str] | FeatureService | str,
@@ -361,17 +375,7 @@ class FeatureStore:
         on-demand views. Missing entities and values come back as None with ``NOT_FOUND``; values older than the
         view's TTL as None with ``OUTSIDE_MAX_AGE``.
         """
-        if type(features) is list:
-            key: Any = (tuple(features), full_feature_names)
-        elif isinstance(features, FeatureService):
-            key = (features.features, full_feature_names)
-        elif isinstance(features, str):
-            key = (self.get_feature_service(features).features, full_feature_names)
-        else:
-            key = (tuple(features), full_feature_names)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = compile_plan(self._reg, key[0], full_feature_names)
+        plan = self._plan(features, full_feature_names)
         if self._closed:
             raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
         now = round(self._clock() * 1_000_000)
@@ -383,6 +387,26 @@ class FeatureStore:
             if type(row) is dict:
                 return execute_one(plan, self._reader(), row, now)
         return execute(plan, self._reader(), entity_rows, now, snapshot=True)
+
+    def read_entity(
+        self,
+        features: Sequence[str] | FeatureService | str,
+        entity_row: Mapping[str, Any],
+        full_feature_names: bool = False,
+    ) -> EntityRead:
+        """One entity's features as flat lists (names, values, statuses, TTL expiry) in the requested order.
+
+        The same answer as :meth:`get_online_features` for one entity row, without building a response; the
+        serving runtime's single-entity path uses it.
+        """
+        plan = self._plan(features, full_feature_names)
+        if self._closed:
+            raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
+        now = round(self._clock() * 1_000_000)
+        if self._memory:
+            with self._lock:
+                return read_one(plan, self._writer, entity_row, now)
+        return read_one(plan, self._reader(), entity_row, now)
 
     def list_entities(self, view: str) -> list[dict[str, Any]]:
         """Every entity stored in a feature view (or seen in a stream view's log), as join-key dicts."""

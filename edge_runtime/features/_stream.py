@@ -34,6 +34,7 @@ class StreamQuery:
     head: str
     tail: str
     zero: tuple[Any, ...]  # the values for an entity without events in any window
+    sql_one: str = ""
     sql_many: dict[int, str] = field(default_factory=dict)
 
     @classmethod
@@ -65,6 +66,7 @@ class StreamQuery:
         keys = view.join_keys
         key_sel = ", ".join(quote_ident(k) for k in keys)
         head = f"SELECT {', '.join(exprs)}, {key_sel} FROM {table} WHERE event_ts > ? AND event_ts <= ? AND "
+        where_one = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
         return cls(
             view=view,
             cols=list(names),
@@ -73,6 +75,8 @@ class StreamQuery:
             head=head,
             tail=f" GROUP BY {key_sel}",
             zero=tuple(zero),
+            # one entity: an aggregate query without GROUP BY always returns one row (count 0 with no events)
+            sql_one=f"SELECT {', '.join(exprs)} FROM {table} WHERE event_ts > ? AND event_ts <= ? AND {where_one}",
         )
 
     def _sql(self, size: int) -> str:
@@ -86,6 +90,12 @@ class StreamQuery:
                 cond = f"({names}) IN (VALUES {', '.join([tup] * size)})"
             sql = self.sql_many[size] = self.head + cond + self.tail
         return sql
+
+    def fetch_one(self, conn: sqlite3.Connection, key: Sequence[Any], now_us: int) -> tuple[Any, ...]:
+        """The aggregate values of one entity, as of ``now_us``."""
+        cutoffs = [now_us - w for w in self.windows_us]
+        row: tuple[Any, ...] = conn.execute(self.sql_one, [*cutoffs, min(cutoffs), now_us, *key]).fetchone()
+        return row
 
     def fetch(self, conn: sqlite3.Connection, keycols: list[list[Any]], n: int, now_us: int) -> list[Any]:
         """One tuple of aggregate values per entity row, as of ``now_us``."""

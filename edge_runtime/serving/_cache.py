@@ -57,11 +57,13 @@ class OutputLayout:
         return b"".join(parts)
 
     def unpack_one(self, blob: bytes) -> tuple[dict[str, np.ndarray], bytes]:
-        """One packed row as ``(outputs with a leading dimension of 1, status codes)``."""
-        out = {
-            name: np.frombuffer(blob, dt, count, offset).reshape(1, *shape).copy()
-            for name, dt, shape, offset, count in self._spec
-        }
+        """One packed row as ``(outputs with a leading dimension of 1, status codes)``.
+
+        The arrays are read-only views of the cached bytes: copying a few floats would cost more than the lookup.
+        """
+        out = {}
+        for name, dt, shape, offset, count in self._spec:
+            out[name] = np.frombuffer(blob, dt, count, offset).reshape(1, *shape)
         return out, blob[self.output_bytes :]
 
     def unpack(self, blobs: Sequence[bytes]) -> tuple[dict[str, np.ndarray], list[bytes]]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import ModelInputError
-from edge_runtime.features import FeatureStore, FeatureView, OnDemandFeatureView, StreamFeatureView
+from edge_runtime.features import FeatureStore, FeatureView, FieldStatus, OnDemandFeatureView, StreamFeatureView
 from edge_runtime.features._read import entity_columns
 from edge_runtime.models import Manifest
 
@@ -25,6 +25,7 @@ from ._prediction import InputStatus
 
 REQUEST_VIEW = "request"
 _PRESENT, _DEFAULTED, _EXPIRED = InputStatus.PRESENT, InputStatus.DEFAULTED, InputStatus.EXPIRED
+_F_PRESENT, _F_NOT_FOUND = FieldStatus.PRESENT, FieldStatus.NOT_FOUND
 _SMALL = 8  # up to this many rows, plain Python beats numpy's per-call overhead
 #: How long a prediction fed by stream aggregates stays valid: their windows slide with time, so a value can
 #: change without any write. A push of events for the entity invalidates it at once regardless.
@@ -68,11 +69,37 @@ class InputPlan:
         self, entity_rows: object, request_data: object = None
     ) -> tuple[np.ndarray, dict[str, list[InputStatus]], int]:
         """``(matrix, statuses, n)`` for ``entity_rows`` (+ ``request_data``), in the manifest's column order."""
+        if request_data is None and type(entity_rows) is list and len(entity_rows) == 1:
+            row = entity_rows[0]
+            if type(row) is dict:
+                return self.gather_one(row)
         n, cols = entity_columns(entity_rows if entity_rows is not None else [{}])
         if request_data is not None:
             merge_request(cols, n, request_data)
         x, statuses, _ = self.gather_columns(n, cols, None)
         return x, statuses, n
+
+    def gather_one(self, row: dict[str, Any]) -> tuple[np.ndarray, dict[str, list[InputStatus]], int]:
+        """:meth:`gather` for one entity row (which may carry request values): the single-entity hot path."""
+        values: list[Any] = [None] * len(self.refs)
+        statuses: dict[str, list[InputStatus]] = {}
+        if self.store_refs:
+            read = self._store.read_entity(self.store_refs, row, full_feature_names=True)
+            for (pos, ref), v, st in zip(self.store_cols, read.values, read.statuses, strict=True):
+                values[pos] = v
+                # identity tests: hashing an enum member runs Python code
+                statuses[ref] = [_PRESENT if st is _F_PRESENT else (_DEFAULTED if st is _F_NOT_FOUND else _EXPIRED)]
+        for pos, name in self.request_cols:
+            v = row.get(name)
+            values[pos] = v
+            statuses[self.refs[pos]] = [_DEFAULTED if v is None else _PRESENT]
+        defaults, means, stds = self.defaults, self.means, self.stds
+        x = []
+        for j, v in enumerate(values):
+            if v is None or (v.__class__ is float and math.isnan(v)):
+                v = defaults[j]
+            x.append((float(v) - means[j]) / stds[j])
+        return np.array([x], dtype=np.float32), {r: statuses[r] for r in self.refs}, 1
 
     def gather_columns(
         self, n: int, cols: dict[str, list[Any]], now_us: int | None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,11 +61,18 @@ def canonical_request(cols: dict[str, list[Any]], keys: tuple[str, ...], i: int)
     return json.dumps(extra, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _decode_statuses(refs: list[str], rows: list[bytes]) -> Callable[[], dict[str, list[InputStatus]]]:
-    def decode() -> dict[str, list[InputStatus]]:
-        return {ref: [STATUS_CODES[r[j]] for r in rows] for j, ref in enumerate(refs)}
+class _PackedStatus:
+    """Input statuses kept as the cache's status bytes until someone asks for them."""
 
-    return decode
+    __slots__ = ("refs", "rows")
+
+    def __init__(self, refs: list[str], rows: list[bytes]) -> None:
+        self.refs = refs
+        self.rows = rows
+
+    def decode(self) -> dict[str, list[InputStatus]]:
+        rows = self.rows
+        return {ref: [STATUS_CODES[r[j]] for r in rows] for j, ref in enumerate(self.refs)}
 
 
 def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, request_data: object) -> Prediction:
@@ -79,8 +85,8 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
     if request_data is None and type(entity_rows) is list and len(entity_rows) == 1:
         row = entity_rows[0]
         if type(row) is dict and len(row) == len(keys):
-            key = tuple([row.get(k) for k in keys])
-            blob = cache.get(key, "", version, rt.now_us())
+            key = (row.get(keys[0]),) if len(keys) == 1 else tuple([row.get(k) for k in keys])
+            blob = cache.get(key, "", version, round(rt.clock() * 1_000_000))
             if blob is not None:
                 outputs, status = plan.layout.unpack_one(blob)
                 return Prediction(
@@ -88,7 +94,7 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
                     version=version,
                     mode=_CACHED,
                     outputs=outputs,
-                    feature_status=_decode_statuses(inputs.refs, [status]),
+                    feature_status=_PackedStatus(inputs.refs, [status]).decode,
                     cached=[True],
                 )
     n, cols = entity_columns(entity_rows if entity_rows is not None else [{}])
@@ -128,7 +134,7 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
         version=version,
         mode=_CACHED,
         outputs=unpacked,
-        feature_status=_decode_statuses(inputs.refs, codes),
+        feature_status=_PackedStatus(inputs.refs, codes).decode,
         cached=[i not in missed for i in range(n)],
     )
 

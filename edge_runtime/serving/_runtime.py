@@ -26,6 +26,7 @@ from edge_runtime.serving._prediction import InputStatus, Prediction
 
 log = logging.getLogger(__name__)
 
+_MODES: dict[object, ServingMode] = {**{m.value: m for m in ServingMode}, **{m: m for m in ServingMode}}
 FEATURES_DB = "features.db"
 MODELS_DIR = "models"
 TELEMETRY_DB = "telemetry.db"
@@ -168,6 +169,9 @@ class EdgeRuntime:
     def _mode(self, plan: ModelPlan, mode: ServingMode | str | None, inputs: object) -> ServingMode:
         if mode is None:
             return ServingMode.TENSORS if inputs is not None else plan.mode
+        chosen = _MODES.get(mode)
+        if chosen is not None:
+            return chosen
         try:
             return ServingMode(mode)
         except ValueError:
@@ -216,6 +220,11 @@ class EdgeRuntime:
     def now_us(self) -> int:
         """The runtime clock's current time in epoch microseconds."""
         return now_us(self._clock)
+
+    @property
+    def clock(self) -> Clock:
+        """The runtime's clock (epoch seconds)."""
+        return self._clock
 
     # --- status, telemetry, lifecycle ------------------------------------------------------------------------------
 

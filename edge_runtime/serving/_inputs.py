@@ -51,6 +51,15 @@ class InputPlan:
             (i, r.split(":", 1)[1]) for i, r in enumerate(self.refs) if r.startswith(REQUEST_VIEW + ":")
         ]
         self.store_refs = [r for _, r in self.store_cols]
+        for ref in self.store_refs:
+            view_name, feature = ref.split(":", 1)
+            dtype = next((f.type for f in store.get_view(view_name).features if f.name == feature), None)
+            if dtype is not None and not dtype.is_numeric:
+                raise ModelInputError(
+                    f"model {manifest.name!r} v{manifest.version}: feature {ref!r} is {dtype.name}; each column of "
+                    "the input vector needs a scalar number (int64, float32, float64 or bool)",
+                    input_name=self.input_name,
+                )
         self.join_keys = _join_keys(store, {r.split(":", 1)[0] for r in self.store_refs})
         self.has_stream = any(
             t.stream for v in {r.split(":", 1)[0] for r in self.store_refs} for t in view_tables(store.get_view(v))
@@ -121,7 +130,7 @@ class InputPlan:
             names = response.feature_names
             for (pos, ref), name in zip(self.store_cols, names, strict=True):
                 values = raw[pos] = response.values(name)
-                if any(v is None for v in values):
+                if None in values:  # safe: every input column is a scalar (checked when the plan was built)
                     expired = response.expired_rows(name)
                     statuses[ref] = [
                         _PRESENT if v is not None else (_EXPIRED if i in expired else _DEFAULTED)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_runtime import EdgeRuntime, Entity, FeatureView, Field, InputStatus, RuntimeConfig
 from tests.edge_runtime.models._model_factory import expected_output, make_bundle
@@ -130,3 +131,18 @@ def test_readers_never_see_half_a_feature_batch(tmp_path: Path, clock: Clock) ->
         reader.join()
         assert problems == []
         assert reads > 0
+
+
+def test_a_manifest_feeding_a_string_feature_into_the_input_is_refused(tmp_path: Path, clock: Clock) -> None:
+    from edge_runtime import ModelInputError
+
+    with _runtime(tmp_path, clock) as rt:
+        rt.features.apply([FeatureView(name="profile", entities=[USER], schema=[Field(name="city", dtype="string")])])
+        bundle = make_bundle(
+            tmp_path / "b",
+            version=1,
+            features=["profile:city", "user:number_of_clicks", "user:average_page_duration", "request:hour"],
+        )
+        rt.models.install(bundle, activate=True)
+        with pytest.raises(ModelInputError, match=r"'profile:city' is string"):
+            rt.predict("ctr", [{"user_id": 1}])

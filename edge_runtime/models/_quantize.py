@@ -28,6 +28,8 @@ import numpy as np
 
 from edge_runtime._errors import ModelInputError, QuantizationError
 
+from ._fsutil import fsync_dir
+
 #: What ``calibration`` and ``eval_data`` accept: an ``.npz`` path, one array (single-input models), or a
 #: mapping of input name (and optionally ``labels``) to arrays.
 DataSource = str | os.PathLike | np.ndarray | Mapping[str, np.ndarray]
@@ -457,22 +459,9 @@ def _quantize_to(
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +47,7 @@ from ._bundle import Bundle, check_health, extract_archive, is_archive
 from ._fsutil import copy_file_synced, fsync_dir, remove_tree
 from ._manifest import MANIFEST_FILE, SIGNATURE_FILE
 from ._signing import TrustedKeys
+from ._store_disk import collect_versions, recover_disk
 from ._store_util import MIGRATIONS, ModelVersion, Policy, WriterLock, check_policy, pause_point
 
 #: How many store events are kept in ``model_events``.
@@ -385,56 +385,10 @@ class ModelStore:
             raise VersionPolicyError(f"{name} is pinned to v{policy}; refusing v{version}")
 
     def _collect(self, name: str) -> None:
-        """Delete versions beyond active + previous + ``keep`` (highest versions kept): record first, blob second."""
-        slot = self._db.execute("SELECT active, previous FROM model_slots WHERE name = ?", (name,)).fetchone()
-        protected = {v for v in (slot or ()) if v is not None}
-        others = [
-            (v, d)
-            for v, d in self._db.execute(
-                "SELECT version, digest FROM model_versions WHERE name = ? ORDER BY version DESC", (name,)
-            )
-            if v not in protected
-        ]
-        doomed = others[self.keep :]
-        if not doomed:
-            return
-        with transaction(self._db):
-            for version, _ in doomed:
-                self._db.execute("DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version))
-                self._log(name, version, "gc", None)
-        for _, digest in doomed:
-            self._remove_blob(digest)
-
-    def _remove_blob(self, digest: str) -> None:
-        blob = self._blobs / digest
-        if not blob.exists():
-            return
-        # Rename first so a half-deleted blob never sits under a digest name.
-        trash = self._tmp / f"gc-{digest[:16]}-{os.getpid()}-{time.monotonic_ns()}"
-        os.rename(blob, trash)
-        remove_tree(trash)
+        collect_versions(self._db, self._blobs, self._tmp, name, self.keep, self._log)
 
     def _recover(self) -> None:
-        for leftover in self._tmp.iterdir():
-            self.recovery.append(f"removed leftover {leftover.name}")
-            remove_tree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-        known = {r[0] for r in self._db.execute("SELECT digest FROM model_versions")}
-        for blob in self._blobs.iterdir():
-            if blob.name not in known:
-                self.recovery.append(f"removed unrecorded blob {blob.name[:16]}")
-                self._remove_blob(blob.name)
-        missing = [
-            (n, v)
-            for n, v, d in self._db.execute("SELECT name, version, digest FROM model_versions")
-            if not (self._blobs / d / MANIFEST_FILE).is_file()
-        ]
-        for n, v in missing:
-            self.recovery.append(f"{n} v{v}: bundle files are gone; forgotten")
-            with transaction(self._db):
-                self._db.execute("DELETE FROM model_versions WHERE name = ? AND version = ?", (n, v))
-                self._db.execute("UPDATE model_slots SET active = NULL WHERE name = ? AND active = ?", (n, v))
-                self._db.execute("UPDATE model_slots SET previous = NULL WHERE name = ? AND previous = ?", (n, v))
-        fsync_dir(self._blobs)
+        self.recovery += recover_disk(self._db, self._blobs, self._tmp)
         if self.recovery:
             self._event(None, None, "recover", "; ".join(self.recovery))
 

@@ -100,7 +100,9 @@ class ModelCache:
         self.layout = layout
         self.table = quote_ident(f"_pc__{model}")
         where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
-        self.sql_get = f"SELECT version, valid_until_us, outputs FROM {self.table} WHERE {where} AND req = ?"
+        self.sql_get = (
+            f"SELECT outputs FROM {self.table} WHERE {where} AND req = ? AND version = ? AND valid_until_us > ?"
+        )
         cols = ", ".join(quote_ident(k) for k in keys)
         marks = ", ".join("?" for _ in keys)
         self.sql_put = (
@@ -114,11 +116,8 @@ class ModelCache:
             conn = self.owner._local.conn
         except AttributeError:
             conn = self.owner.reader()
-        row = conn.execute(self.sql_get, (*key, req)).fetchone()
-        if row is None or row[0] != version or row[1] <= now:
-            return None
-        blob: bytes = row[2]
-        return blob
+        row = conn.execute(self.sql_get, (*key, req, version, now)).fetchone()
+        return None if row is None else row[0]
 
     def put_many(
         self, items: Sequence[tuple[tuple[Any, ...], str, bytes, int]], version: int, *, seen_version: int

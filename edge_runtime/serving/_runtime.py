@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from edge_runtime.serving._prediction import InputStatus, Prediction
 
 log = logging.getLogger(__name__)
 
+_ONLINE, _CACHED, _TENSORS = ServingMode.ONLINE, ServingMode.CACHED, ServingMode.TENSORS
 _MODES: dict[object, ServingMode] = {**{m.value: m for m in ServingMode}, **{m: m for m in ServingMode}}
 FEATURES_DB = "features.db"
 MODELS_DIR = "models"
@@ -110,18 +112,18 @@ class EdgeRuntime:
         rows run as one batched model call. ``request_data``: a dict for every row, or a list of dicts. ``inputs``:
         tensors by input name, for models that take no features. ``mode`` overrides the profile and manifest.
         """
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         plan = self._plan(model)
         chosen = self._mode(plan, mode, inputs)
-        if chosen is ServingMode.TENSORS:
-            result = self._predict_tensors(plan, inputs)
-        elif chosen is ServingMode.ONLINE:
+        if chosen is _ONLINE:
             result = predict_online(plan, entity_rows, request_data)
-        elif chosen is ServingMode.CACHED:
+        elif chosen is _CACHED:
             result = predict_cached(self, plan, entity_rows, request_data)
+        elif chosen is _TENSORS:
+            result = self._predict_tensors(plan, inputs)
         else:
             result = predict_precomputed(self, plan, entity_rows, request_data)
-        result.latency_s = time.perf_counter() - t0
+        result.latency_s = perf_counter() - t0
         if self.telemetry is not None:
             self._record(plan, result)
         return result

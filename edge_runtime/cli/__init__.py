@@ -18,6 +18,7 @@ GROUPS: tuple[str, ...] = (
     "edge_runtime.cli._features",
     "edge_runtime.cli._models",
     "edge_runtime.cli._keys",
+    "edge_runtime.cli._runtime",
     "edge_runtime.cli._demo",
 )
 
@@ -46,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`edge-runtime status | head`): not an error. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(status or 0)
 
 

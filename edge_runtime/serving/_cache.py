@@ -209,10 +209,12 @@ class PredictionCache:
 
     def count(self, model: str) -> int:
         """How many predictions of ``model`` are cached."""
-        cache = self._models.get(model)
-        if cache is None:
+        # Read the table even when this process has not served the model yet: the cache outlives processes.
+        table = quote_ident(f"_pc__{model}")
+        try:
+            return int(self.reader().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table: nothing was ever cached for it
             return 0
-        return int(self.reader().execute(f"SELECT count(*) FROM {cache.table}").fetchone()[0])
 
     def close(self) -> None:
         """Close every connection."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._config import OnWrite, RuntimeConfig, ServingMode, load_config
-from edge_runtime._errors import ConfigError, ModelInputError
+from edge_runtime._errors import ConfigError, ModelInputError, StoreClosedError
 from edge_runtime._outbox import Outbox
 from edge_runtime._telemetry import TelemetryRecorder
 from edge_runtime._time import Clock, now_us
@@ -79,6 +79,7 @@ class EdgeRuntime:
         except BaseException:
             self._close_all()
             raise
+        self._closed = False
         self._plans: dict[str, ModelPlan] = {}
         self._plan_lock = threading.Lock()
         self.features.add_write_listener(self._on_feature_write)
@@ -113,6 +114,8 @@ class EdgeRuntime:
         tensors by input name, for models that take no features. ``mode`` overrides the profile and manifest.
         """
         t0 = perf_counter()
+        if self._closed:
+            raise StoreClosedError(f"the runtime over {self.data_dir} is closed")
         plan = self._plan(model)
         chosen = self._mode(plan, mode, inputs)
         if chosen is _ONLINE:
@@ -286,8 +289,18 @@ class EdgeRuntime:
         agent.start()
         return agent
 
+    def warm_up(self, model: str | None = None) -> dict[str, int]:
+        """Load, verify and health-check the active version of ``model`` (default: every installed model) and
+        compile its serving plan now, so the first real prediction does not pay for it. Records no telemetry.
+        Returns model name → active version."""
+        names = [model] if model is not None else [n for n in self.models.names() if self.models.active_version(n)]
+        return {name: self._plan(name).version for name in names}
+
     def close(self) -> None:
         """Stop the scheduler and the sync agent, flush telemetry, and close every store."""
+        if self._closed:
+            return
+        self._closed = True
         self._scheduler.stop()
         if self.agent is not None:
             self.agent.stop()

@@ -259,11 +259,3 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     assert code == 2
     assert "no feature store at" in err
     assert not (tmp_path / "nowhere.db").exists()
-
-
-def test_cli_demo_runs_offline(capsys):
-    code, out, _ = _run(capsys, "demo", "--entities", "500")
-    assert code == 0
-    assert "OUTSIDE_MAX_AGE" in out
-    assert "get_online_features, 1 entity" in out
-    assert "events_count_10m" in out

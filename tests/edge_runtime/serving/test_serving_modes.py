@@ -228,3 +228,19 @@ def test_runtime_survives_reopen(tmp_path: Path, clock: Clock) -> None:
         assert p.feature_status["user_data:click_through_rate"] == [PRESENT]
         status = rt.status()
         assert status["models"][0]["active"] == 1
+
+
+def test_warm_up_and_closed_runtime(tmp_path: Path, clock: Clock) -> None:
+    from edge_runtime import StoreClosedError
+
+    rt = make_runtime(tmp_path / "d", clock)
+    assert rt.warm_up() == {"ctr": 1}
+    assert rt.status()["models"][0]["cached_predictions"] == 0
+    rt.predict("ctr", [{"user_id": 1}], mode="cached")
+    rt.close()
+    rt.close()  # idempotent
+    with pytest.raises(StoreClosedError, match="closed"):
+        rt.predict("ctr", [{"user_id": 1}])
+    # the cache outlives the process that filled it
+    with EdgeRuntime(RuntimeConfig(data_dir=tmp_path / "d"), clock=clock) as again:
+        assert again.status()["models"][0]["cached_predictions"] == 1

@@ -27,6 +27,8 @@ import numpy as np
 from edge_runtime._sqlite import connect, quote_ident, transaction
 from edge_runtime._time import Clock, now_us
 
+_MAX_IN = 256
+
 
 @dataclass(frozen=True)
 class OutputLayout:
@@ -99,6 +101,7 @@ class ModelCache:
         self.keys = keys
         self.layout = layout
         self.table = quote_ident(f"_pc__{model}")
+        self._many: dict[int, str] = {}
         where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
         self.sql_get = (
             f"SELECT outputs FROM {self.table} WHERE {where} AND req = ? AND version = ? AND valid_until_us > ?"
@@ -118,6 +121,41 @@ class ModelCache:
             conn = self.owner.reader()
         row = conn.execute(self.sql_get, (*key, req, version, now)).fetchone()
         return None if row is None else row[0]
+
+    def get_many(
+        self, wanted: Sequence[tuple[tuple[Any, ...], str]], version: int, now: int
+    ) -> dict[tuple[tuple[Any, ...], str], bytes]:
+        """The valid packed outputs of many ``(key, req)`` pairs, found with one ``IN`` query per 256 keys."""
+        try:
+            conn = self.owner._local.conn
+        except AttributeError:
+            conn = self.owner.reader()
+        nk = len(self.keys)
+        found: dict[tuple[tuple[Any, ...], str], bytes] = {}
+        keys = list(dict.fromkeys(k for k, _ in wanted))
+        for start in range(0, len(keys), _MAX_IN):
+            chunk = keys[start : start + _MAX_IN]
+            # Pad to a power of two so only a handful of distinct statements reach sqlite3's statement cache.
+            size = 1 << (len(chunk) - 1).bit_length()
+            chunk += [chunk[-1]] * (size - len(chunk))
+            params = [v for k in chunk for v in k]
+            for row in conn.execute(self._sql_many(size), (*params, version, now)):
+                found[(tuple(row[:nk]), row[nk])] = row[nk + 1]
+        return found
+
+    def _sql_many(self, size: int) -> str:
+        sql = self._many.get(size)
+        if sql is None:
+            cols = ", ".join(quote_ident(k) for k in self.keys)
+            if len(self.keys) == 1:
+                cond = f"{cols} IN ({', '.join('?' * size)})"
+            else:
+                tup = "(" + ", ".join("?" * len(self.keys)) + ")"
+                cond = f"({cols}) IN (VALUES {', '.join([tup] * size)})"
+            sql = self._many[size] = (
+                f"SELECT {cols}, req, outputs FROM {self.table} WHERE {cond} AND version = ? AND valid_until_us > ?"
+            )
+        return sql
 
     def put_many(
         self, items: Sequence[tuple[tuple[Any, ...], str, bytes, int]], version: int, *, seen_version: int

@@ -10,7 +10,7 @@ import numpy as np
 from edge_runtime._config import ServingMode
 from edge_runtime._errors import ConfigError, ModelInputError
 from edge_runtime.features import FieldStatus
-from edge_runtime.features._read import entity_columns
+from edge_runtime.features._read import entity_columns, key_column
 from edge_runtime.serving._inputs import merge_request
 from edge_runtime.serving._plan import STATUS_CODES, STATUS_INDEX, ModelPlan
 from edge_runtime.serving._prediction import InputStatus, Prediction
@@ -86,7 +86,10 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
         row = entity_rows[0]
         if type(row) is dict and len(row) == len(keys):
             key = (row.get(keys[0]),) if len(keys) == 1 else tuple([row.get(k) for k in keys])
-            blob = cache.get(key, "", version, round(rt.clock() * 1_000_000))
+            # Only plain ints and strings here: sqlite3 would bind a numpy integer as a BLOB (buffer protocol),
+            # which no trigger would ever match. Anything else is converted on the general path below.
+            plain = all(type(v) is int or type(v) is str for v in key)
+            blob = cache.get(key, "", version, round(rt.clock() * 1_000_000)) if plain else None
             if blob is not None:
                 outputs, status = plan.layout.unpack_one(blob)
                 return Prediction(
@@ -100,7 +103,9 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
     n, cols = entity_columns(entity_rows if entity_rows is not None else [{}])
     if request_data is not None:
         merge_request(cols, n, request_data)
-    keycols = [cols.get(k) for k in keys]
+    # The stored form of each key column (numpy integers become ints; a bad key names its row), exactly as the
+    # feature store keys its rows, so cached rows and invalidation triggers agree.
+    keycols = [key_column(cols, k, n) if k in cols else None for k in keys]
     now = rt.now_us()
     blobs: list[bytes | None] = [None] * n
     row_keys: list[tuple[tuple[Any, ...], str] | None] = [None] * n
@@ -108,9 +113,13 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
         key = tuple(kc[i] if kc is not None else None for kc in keycols)
         if None in key:
             continue  # without every join key the row cannot be named in the cache
-        req = canonical_request(cols, keys, i)
-        row_keys[i] = (key, req)
-        blobs[i] = cache.get(key, req, version, now)
+        row_keys[i] = (key, canonical_request(cols, keys, i))
+    wanted = [rk for rk in row_keys if rk is not None]
+    if wanted:
+        found = cache.get_many(wanted, version, now)
+        for i, rk in enumerate(row_keys):
+            if rk is not None:
+                blobs[i] = found.get(rk)
     miss = [i for i in range(n) if blobs[i] is None]
     if miss:
         seen = rt.prediction_cache.data_version()

@@ -166,3 +166,34 @@ def test_cached_mode_on_every_committed_variant(tmp_path: Path, clock: Clock, bu
         b = rt.predict("ctr", [{"user_id": 1}, {"user_id": 2}])
         assert b.cached == [True, True]
         np.testing.assert_array_equal(a.output, b.output)
+
+
+def test_many_row_lookups_and_numpy_keys(tmp_path: Path, clock: Clock) -> None:
+    with cached_runtime(tmp_path, clock) as rt:
+        ids = np.arange(1, 121)
+        first = rt.predict("ctr", {"user_id": ids})
+        again = rt.predict("ctr", [{"user_id": np.int64(i)} for i in ids])
+        assert first.cached == [False] * 120
+        assert again.cached == [True] * 120
+        np.testing.assert_array_equal(first.output, again.output)
+
+
+def test_composite_keys_use_row_value_lookups(tmp_path: Path) -> None:
+    import time
+
+    from edge_runtime.serving._cache import OutputLayout, PredictionCache
+
+    cache = PredictionCache(tmp_path / "c.db", clock=time.time)
+    layout = OutputLayout((("y", np.dtype(np.float32), (1,)),), status_width=0)
+    model = cache.model("m", 1, ("shop", "item"), layout, ())
+    items = [
+        ((s, i), "", layout.pack({"y": np.array([[s * 10 + i]], np.float32)}, 0), 2**62)
+        for s in range(3)
+        for i in range(5)
+    ]
+    assert model.put_many(items, 1, seen_version=cache.data_version())
+    found = model.get_many([((s, i), "") for s in range(3) for i in range(5)] + [((9, 9), "")], 1, 0)
+    assert len(found) == 15
+    assert np.frombuffer(found[((2, 3), "")], np.float32)[0] == 23
+    assert model.get_many([((1, 1), "")], 2, 0) == {}  # another version
+    cache.close()

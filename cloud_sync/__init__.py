@@ -16,6 +16,9 @@ from ._errors import (
     InvalidTopicError,
     MessageTooLargeError,
     ProtocolError,
+    PublisherError,
+    ReleaseError,
+    SourceError,
 )
 
 __all__ = [
@@ -27,4 +30,7 @@ __all__ = [
     "InvalidTopicError",
     "MessageTooLargeError",
     "ProtocolError",
+    "PublisherError",
+    "ReleaseError",
+    "SourceError",
 ]

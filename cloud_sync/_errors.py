@@ -88,3 +88,22 @@ class BrokerNotInstalledError(BrokerError):
         self.hint = hint
         where = f" (looked in {', '.join(searched)})" if searched else ""
         super().__init__(f"{what} is not installed{where}; {hint}")
+
+
+# --- cloud publisher ------------------------------------------------------------------------------------------
+
+
+class PublisherError(CloudSyncError):
+    """The cloud publisher cannot do what was asked: bad input rows, an unknown device route, a bad config."""
+
+
+class SourceError(PublisherError):
+    """Rows to publish cannot be read or do not fit the feature view. ``source`` names the file or input."""
+
+    def __init__(self, message: str, *, source: str) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}")
+
+
+class ReleaseError(PublisherError):
+    """A model release cannot be made or changed (unsigned bundle without a key, version not newer, ...)."""

@@ -120,11 +120,22 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _register_publisher(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``publish``, ``release``, ``cloud`` and ``fleet``: the cloud publisher's commands (cloud_sync.publisher)."""
+    from .publisher._cli import register
+
+    register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``cloud-sync`` argument parser."""
     parser = argparse.ArgumentParser(prog="cloud-sync", description="Sync devices with the cloud over MQTT.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _register_broker(sub)
+    _register_publisher(sub)
+    from .agent._cli import register as _register_agent  # the agent's handler imports the runtime lazily
+
+    _register_agent(sub)
     return parser
 
 

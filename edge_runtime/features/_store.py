@@ -262,6 +262,51 @@ class FeatureStore:
             self._notify({view: list(dict.fromkeys(keys))})
         return deleted
 
+    def write_snapshot_part(
+        self, view: str, rows: object, *, part: int, parts: int, state: Mapping[str, Any] | None = None
+    ) -> int:
+        """Stage part ``part`` (0-based) of ``parts`` of a full copy of feature view ``view``; returns the rows given.
+
+        Each part commits in one transaction with ``state`` (like :meth:`write_to_online_store`); part 0 starts a
+        new staging area (dropping any unfinished one). When the last part commits, the view's content is replaced
+        by the snapshot in that same transaction: rows the snapshot does not hold disappear, and a stored row with
+        a newer event time than the snapshot's is kept. Readers see the old content until then. Parts must come in
+        order (a part > 0 without a staging area raises :class:`FeatureStoreError`).
+        """
+        from ._snapshot import reset_staging, stage_rows, staging_table, swap_in
+
+        v = self._reg.views.get(view)
+        if v is None:
+            raise UnknownNameError("feature view", view, self._reg.views)
+        if not (isinstance(parts, int) and isinstance(part, int) and 0 <= part < parts):
+            raise FeatureStoreError(f"snapshot part {part!r} of {parts!r}: need 0 <= part < parts")
+        target = f"feature view {view!r}"
+        n, cols, row_dicts = to_columns(rows, target)
+        encoded = encode_batch(
+            target=target, n=n, cols=cols, row_dicts=row_dicts, keys=v.join_keys, fields=v.schema, kind="feature"
+        )
+        state_rows = encode_state(state)
+        keys: list[tuple[Any, ...]] = []
+        with self._lock:
+            self._check_open()
+            w = self._writer
+            with transaction(w):
+                written = self._next_written_us(w)
+                if part == 0:
+                    reset_staging(w, v)
+                stage_rows(w, v, encoded, written)
+                if part == parts - 1:
+                    if self._listeners:
+                        cols_sql = ", ".join(quote_ident(k) for k in v.join_keys)
+                        keys = [tuple(r) for r in w.execute(f"SELECT {cols_sql} FROM {staging_table(view)}")]
+                    swap_in(w, v, written)
+                    if v.max_rows is not None:
+                        evict(w, v, False)
+                write_state(w, state_rows, written)
+        if keys:
+            self._notify({view: keys})
+        return n
+
     def get_state(self, key: str, default: Any = None) -> Any:
         """A value recorded with ``state=`` by a write or delete (``default`` when never recorded)."""
         self._check_open()

@@ -63,8 +63,12 @@ class OutputLayout:
 
         The arrays are read-only views of the cached bytes: copying a few floats would cost more than the lookup.
         """
+        spec = self._spec
+        if len(spec) == 1:  # the usual single-output model
+            name, dt, shape, offset, count = spec[0]
+            return {name: np.frombuffer(blob, dt, count, offset).reshape(1, *shape)}, blob[self.output_bytes :]
         out = {}
-        for name, dt, shape, offset, count in self._spec:
+        for name, dt, shape, offset, count in spec:
             out[name] = np.frombuffer(blob, dt, count, offset).reshape(1, *shape)
         return out, blob[self.output_bytes :]
 

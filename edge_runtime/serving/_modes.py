@@ -88,18 +88,22 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
             key = (row.get(keys[0]),) if len(keys) == 1 else tuple([row.get(k) for k in keys])
             # Only plain ints and strings here: sqlite3 would bind a numpy integer as a BLOB (buffer protocol),
             # which no trigger would ever match. Anything else is converted on the general path below.
-            plain = all(type(v) is int or type(v) is str for v in key)
-            blob = cache.get(key, "", version, round(rt.clock() * 1_000_000)) if plain else None
-            if blob is not None:
-                outputs, status = plan.layout.unpack_one(blob)
-                return Prediction(
-                    model=plan.name,
-                    version=version,
-                    mode=_CACHED,
-                    outputs=outputs,
-                    feature_status=_PackedStatus(inputs.refs, [status]).decode,
-                    cached=[True],
-                )
+            for v in key:
+                t = type(v)
+                if t is not int and t is not str:
+                    break
+            else:
+                blob = cache.get(key, "", version, round(rt.clock() * 1_000_000))
+                if blob is not None:
+                    outputs, status = plan.layout.unpack_one(blob)
+                    return Prediction(
+                        model=plan.name,
+                        version=version,
+                        mode=_CACHED,
+                        outputs=outputs,
+                        feature_status=_PackedStatus(inputs.refs, [status]).decode,
+                        cached=[True],
+                    )
     n, cols = entity_columns(entity_rows if entity_rows is not None else [{}])
     if request_data is not None:
         merge_request(cols, n, request_data)

@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .agent._cli import register as _register_agent  # the agent's handler imports the runtime lazily
 
     _register_agent(sub)
+    from .fleet._cli import register as _register_simulate  # the fleet simulator; imports it lazily too
+
+    _register_simulate(sub)
     return parser
 
 

@@ -145,6 +145,8 @@ class DeviceAgent:
             raise ConfigError("the profile has no [sync] section", key="sync", expected="a [sync] table")
         outbox = rt.telemetry.outbox if rt.telemetry is not None else None
         kwargs.setdefault("variant_preference", rt.config.runtime.variant_preference)
+        # One clock for the device: manifest expiry and download hours follow the runtime's (tests skew it).
+        kwargs.setdefault("wall_clock", rt.clock)
         return cls(
             rt.config.sync,
             features=rt.features,

@@ -1,0 +1,66 @@
+"""Fleet simulation: many devices against a real broker, with faults you inject.
+
+:class:`Fleet` starts N simulated devices (each its own data directory, ``EdgeRuntime`` and sync agent) behind
+a per-device fault-injecting proxy, a mosquitto (or a broker you started) and the real cloud publisher; it can cut
+and restore one device's connectivity, restart the broker, kill -9 a device process and restart it, skew a
+device's clock, publish features and models, and wait until the fleet converged. The ``fleet`` pytest fixture
+(:mod:`cloud_sync.fleet.pytest_plugin`) and ``cloud-sync simulate`` build on it. See docs/fleet.md.
+
+Names are loaded on first use, so ``cloud-sync --help`` does not pay for asyncio and the simulator.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._clock import SkewedClock
+    from ._converge import Convergence, Timeline
+    from ._device import DeviceSpec, RemoteDevice, SimDevice, ThreadDevice
+    from ._errors import ConditionTimeout, FleetError
+    from ._fleet import SIM_VIEW, Fleet
+    from ._models import build_model
+    from ._proxy import DeviceProxy, ProxyHub, Upstream
+    from ._scenarios import SCENARIOS, ScenarioResult, run_scenario
+    from ._truth import RowDiff, Truth
+    from ._wait import wait_until
+
+_LAZY = {
+    "SIM_VIEW": "._fleet",
+    "SCENARIOS": "._scenarios",
+    "ConditionTimeout": "._errors",
+    "Convergence": "._converge",
+    "DeviceProxy": "._proxy",
+    "DeviceSpec": "._device",
+    "Fleet": "._fleet",
+    "FleetError": "._errors",
+    "ProxyHub": "._proxy",
+    "RemoteDevice": "._device",
+    "RowDiff": "._truth",
+    "ScenarioResult": "._scenarios",
+    "SimDevice": "._device",
+    "SkewedClock": "._clock",
+    "ThreadDevice": "._device",
+    "Timeline": "._converge",
+    "Truth": "._truth",
+    "Upstream": "._proxy",
+    "build_model": "._models",
+    "run_scenario": "._scenarios",
+    "wait_until": "._wait",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

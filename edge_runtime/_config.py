@@ -32,6 +32,19 @@ class ServingMode(str, enum.Enum):
     TENSORS = "tensors"
 
 
+MODE_CHOICES = " | ".join(m.value for m in ServingMode)
+
+
+def parse_mode(value: object, *, key: str, context: str = "") -> ServingMode:
+    """``value`` as a :class:`ServingMode`, or a :class:`ConfigError` naming ``key`` and the valid modes."""
+    try:
+        return ServingMode(value)
+    except ValueError:
+        raise ConfigError(
+            f"{context}unknown serving mode {value!r}", key=key, expected=MODE_CHOICES, got=value
+        ) from None
+
+
 class OnWrite(str, enum.Enum):
     """What a feature write does to cached predictions of the entities it touches."""
 
@@ -390,9 +403,7 @@ def _parse_model(t: TomlTable) -> ModelSettings:
         try:
             kwargs["mode"] = ServingMode(mode)
         except ValueError:
-            raise t.error(
-                "mode", f"unknown mode {mode!r}", expected=" | ".join(m.value for m in ServingMode), got=mode
-            ) from None
+            raise t.error("mode", f"unknown mode {mode!r}", expected=MODE_CHOICES, got=mode) from None
     try:
         kwargs["on_write"] = OnWrite(on_write)
     except ValueError:

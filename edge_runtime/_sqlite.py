@@ -91,6 +91,16 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def in_condition(keys: Sequence[str], size: int) -> str:
+    """``k IN (?, ...)`` for one key column, ``(k1, k2) IN (VALUES (?, ?), ...)`` for several: ``size`` keys' worth
+    of parameters, in key order. Callers pad ``size`` to a power of two so only a few statements get cached."""
+    if len(keys) == 1:
+        return f"{quote_ident(keys[0])} IN ({', '.join('?' * size)})"
+    tup = "(" + ", ".join("?" * len(keys)) + ")"
+    names = ", ".join(quote_ident(k) for k in keys)
+    return f"({names}) IN (VALUES {', '.join([tup] * size)})"
+
+
 def wait_for_unlock(conn: sqlite3.Connection, attempts: int = 50) -> None:
     """Retry a trivial read until the database is not locked (used after a crash left a writer behind)."""
     for _ in range(attempts):

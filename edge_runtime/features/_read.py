@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import EdgeRuntimeError, FeatureStoreError, RowValidationError, UnknownNameError
-from edge_runtime._sqlite import quote_ident
+from edge_runtime._sqlite import in_condition, quote_ident
 
 from ._definitions import FeatureView, Field, OnDemandFeatureView, RequestSource, StreamFeatureView
 from ._dtypes import DType, ValueCheckError, check_key_value
@@ -57,13 +57,7 @@ class ViewPart:
         """The ``IN`` query for ``size`` (a power of two) keys."""
         sql = self.sql_many.get(size)
         if sql is None:
-            if len(self.keys) == 1:
-                cond = f"{quote_ident(self.keys[0])} IN ({', '.join('?' * size)})"
-            else:
-                tup = "(" + ", ".join("?" * len(self.keys)) + ")"
-                names = ", ".join(quote_ident(k) for k in self.keys)
-                cond = f"({names}) IN (VALUES {', '.join([tup] * size)})"
-            sql = self.sql_many[size] = f"{self.sql_many_head} WHERE {cond}"
+            sql = self.sql_many[size] = f"{self.sql_many_head} WHERE {in_condition(self.keys, size)}"
         return sql
 
 

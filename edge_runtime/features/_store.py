@@ -393,6 +393,15 @@ class FeatureStore:
 
     # --- reads -----------------------------------------------------------------------------------------------
 
+    def _read_plan(
+        self, features: Sequence[str] | FeatureService | str, full_feature_names: bool
+    ) -> tuple[ReadPlan, int]:
+        """The compiled plan for a read and the clock's now (µs); refuses a closed store."""
+        plan = self._plan(features, full_feature_names)
+        if self._closed:
+            raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
+        return plan, round(self._clock() * 1_000_000)
+
     def _plan(self, features: Sequence[str] | FeatureService | str, full_feature_names: bool) -> ReadPlan:
         if type(features) is list:
             key: Any = (tuple(features), full_feature_names)
@@ -420,10 +429,7 @@ class FeatureStore:
         on-demand views. Missing entities and values come back as None with ``NOT_FOUND``; values older than the
         view's TTL as None with ``OUTSIDE_MAX_AGE``.
         """
-        plan = self._plan(features, full_feature_names)
-        if self._closed:
-            raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
-        now = round(self._clock() * 1_000_000)
+        plan, now = self._read_plan(features, full_feature_names)
         if self._memory:
             with self._lock:
                 return execute(plan, self._writer, entity_rows, now, snapshot=True)
@@ -444,10 +450,7 @@ class FeatureStore:
         The same answer as :meth:`get_online_features` for one entity row, without building a response; the
         serving runtime's single-entity path uses it.
         """
-        plan = self._plan(features, full_feature_names)
-        if self._closed:
-            raise StoreClosedError(f"feature store {str(self.path)!r} is closed")
-        now = round(self._clock() * 1_000_000)
+        plan, now = self._read_plan(features, full_feature_names)
         if self._memory:
             with self._lock:
                 return read_one(plan, self._writer, entity_row, now)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_runtime._sqlite import quote_ident
+from edge_runtime._sqlite import in_condition, quote_ident
 
 from ._definitions import StreamFeatureView
 
@@ -82,13 +82,7 @@ class StreamQuery:
     def _sql(self, size: int) -> str:
         sql = self.sql_many.get(size)
         if sql is None:
-            if len(self.keys) == 1:
-                cond = f"{quote_ident(self.keys[0])} IN ({', '.join('?' * size)})"
-            else:
-                tup = "(" + ", ".join("?" * len(self.keys)) + ")"
-                names = ", ".join(quote_ident(k) for k in self.keys)
-                cond = f"({names}) IN (VALUES {', '.join([tup] * size)})"
-            sql = self.sql_many[size] = self.head + cond + self.tail
+            sql = self.sql_many[size] = self.head + in_condition(self.keys, size) + self.tail
         return sql
 
     def fetch_one(self, conn: sqlite3.Connection, key: Sequence[Any], now_us: int) -> tuple[Any, ...]:

@@ -31,7 +31,7 @@ DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "i
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-_TOP_KEYS = {
+_REQUIRED_KEYS = (
     "format_version",
     "name",
     "version",
@@ -42,12 +42,8 @@ _TOP_KEYS = {
     "created_at",
     "inputs",
     "outputs",
-    "features",
-    "quantization",
-    "health_check",
-    "serving",
-    "metadata",
-}
+)
+_TOP_KEYS = {*_REQUIRED_KEYS, "features", "quantization", "health_check", "serving", "metadata"}
 
 
 def utc_timestamp(when: _dt.datetime | None = None) -> str:
@@ -266,6 +262,14 @@ class Manifest:
             value = getattr(self, what)
             if value is not None and not isinstance(value, Mapping):
                 raise _fail("must be an object or null", what)
+            if value is not None:
+                # Refused here, not when writing: manifest.json is strict JSON, with no NaN or Infinity.
+                try:
+                    json.dumps(value, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    raise _fail(
+                        f"must hold plain JSON values (finite numbers, strings, lists, objects): {exc}", what
+                    ) from None
 
     def _check_health_names(self, check: HealthCheck) -> None:
         inputs = {spec.name for spec in self.inputs}
@@ -442,18 +446,7 @@ def _parse(data: Any) -> Manifest:
     extra = set(top) - _TOP_KEYS
     if extra:
         raise _fail(f"unknown keys {sorted(extra)}", "manifest")
-    for key in (
-        "format_version",
-        "name",
-        "version",
-        "format",
-        "model_file",
-        "sha256",
-        "size",
-        "created_at",
-        "inputs",
-        "outputs",
-    ):
+    for key in _REQUIRED_KEYS:
         if key not in top:
             raise _fail("is required", key)
     inputs = tuple(_tensor(v, f"inputs[{i}]", output=False) for i, v in enumerate(_list(top["inputs"], "inputs")))

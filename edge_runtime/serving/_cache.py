@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._sqlite import connect, quote_ident, transaction
+from edge_runtime._sqlite import connect, in_condition, quote_ident, transaction
 from edge_runtime._time import Clock, now_us
 
 _MAX_IN = 256
@@ -151,11 +151,7 @@ class ModelCache:
         sql = self._many.get(size)
         if sql is None:
             cols = ", ".join(quote_ident(k) for k in self.keys)
-            if len(self.keys) == 1:
-                cond = f"{cols} IN ({', '.join('?' * size)})"
-            else:
-                tup = "(" + ", ".join("?" * len(self.keys)) + ")"
-                cond = f"({cols}) IN (VALUES {', '.join([tup] * size)})"
+            cond = in_condition(self.keys, size)
             sql = self._many[size] = (
                 f"SELECT {cols}, req, outputs FROM {self.table} WHERE {cond} AND version = ? AND valid_until_us > ?"
             )

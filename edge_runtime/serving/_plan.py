@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._config import ModelSettings, OnWrite, ServingMode
-from edge_runtime._errors import ConfigError
+from edge_runtime._config import ModelSettings, OnWrite, ServingMode, parse_mode
 from edge_runtime.features import FeatureStore
 from edge_runtime.models import ActiveModel
 from edge_runtime.serving._cache import Dependency, ModelCache, OutputLayout
@@ -94,15 +93,7 @@ def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureSto
 def _mode(value: object, model: str) -> ServingMode | None:
     if value is None:
         return None
-    try:
-        return ServingMode(value)
-    except ValueError:
-        raise ConfigError(
-            f"model {model!r}: manifest serving.mode {value!r} is unknown",
-            key="serving.mode",
-            expected=" | ".join(m.value for m in ServingMode),
-            got=value,
-        ) from None
+    return parse_mode(value, key="serving.mode", context=f"model {model!r}: manifest ")
 
 
 def output_view_name(model: str) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._config import OnWrite, RuntimeConfig, ServingMode, load_config
-from edge_runtime._errors import ConfigError, ModelInputError, StoreClosedError
+from edge_runtime._config import OnWrite, RuntimeConfig, ServingMode, load_config, parse_mode
+from edge_runtime._errors import ModelInputError, StoreClosedError
 from edge_runtime._outbox import Outbox
 from edge_runtime._telemetry import TelemetryRecorder
 from edge_runtime._time import Clock, now_us
@@ -175,17 +175,7 @@ class EdgeRuntime:
         if mode is None:
             return ServingMode.TENSORS if inputs is not None else plan.mode
         chosen = _MODES.get(mode)
-        if chosen is not None:
-            return chosen
-        try:
-            return ServingMode(mode)
-        except ValueError:
-            raise ConfigError(
-                f"unknown serving mode {mode!r}",
-                key="mode",
-                expected=" | ".join(m.value for m in ServingMode),
-                got=mode,
-            ) from None
+        return chosen if chosen is not None else parse_mode(mode, key="mode")
 
     # --- cache maintenance ---------------------------------------------------------------------------------------
 

@@ -401,3 +401,10 @@ def test_cli_verify_failure_is_a_clean_error(bundle: Path, capsys: pytest.Captur
     assert main(["models", "package", str(bundle / "model.onnx"), "--out", "x", "--name", "n", "--version", "1",
                  "--metadata", "[1]"]) == 2  # fmt: skip
     assert "--metadata: must be a JSON object" in capsys.readouterr().err
+
+
+def test_non_finite_metadata_is_a_bundle_error(bundle: Path) -> None:
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["metadata"] = {"score": float("inf")}
+    with pytest.raises(BundleError, match=r"m\.json: metadata: must hold plain JSON values"):
+        Manifest.from_dict(data, path="m.json")

@@ -37,7 +37,7 @@ class OutputLayout:
 
     fields: tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
     status_width: int = 0
-    #: (name, dtype, row shape, byte offset, element count) per output, derived from ``fields``
+    #: (name, dtype, shape of a one-row answer, byte offset, element count) per output, derived from ``fields``
     _spec: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...] = field(init=False, repr=False, compare=False)
     #: bytes of one row's outputs (the status codes follow)
     output_bytes: int = field(init=False, repr=False, compare=False)
@@ -47,7 +47,7 @@ class OutputLayout:
         offset = 0
         for name, dt, shape in self.fields:
             count = int(np.prod(shape, dtype=np.int64))
-            spec.append((name, dt, shape, offset, count))
+            spec.append((name, dt, (1, *shape), offset, count))  # the shape of a one-row answer
             offset += count * dt.itemsize
         object.__setattr__(self, "_spec", tuple(spec))
         object.__setattr__(self, "output_bytes", offset)
@@ -65,11 +65,11 @@ class OutputLayout:
         """
         spec = self._spec
         if len(spec) == 1:  # the usual single-output model
-            name, dt, shape, offset, count = spec[0]
-            return {name: np.frombuffer(blob, dt, count, offset).reshape(1, *shape)}, blob[self.output_bytes :]
+            name, dt, shape1, offset, count = spec[0]
+            return {name: np.frombuffer(blob, dt, count, offset).reshape(shape1)}, blob[self.output_bytes :]
         out = {}
-        for name, dt, shape, offset, count in spec:
-            out[name] = np.frombuffer(blob, dt, count, offset).reshape(1, *shape)
+        for name, dt, shape1, offset, count in spec:
+            out[name] = np.frombuffer(blob, dt, count, offset).reshape(shape1)
         return out, blob[self.output_bytes :]
 
     def unpack(self, blobs: Sequence[bytes]) -> tuple[dict[str, np.ndarray], list[bytes]]:
@@ -81,9 +81,9 @@ class OutputLayout:
         row_bytes = self.output_bytes + self.status_width
         flat = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(n, row_bytes)
         out = {}
-        for name, dt, shape, offset, count in self._spec:
+        for name, dt, shape1, offset, count in self._spec:
             size = count * dt.itemsize
-            out[name] = flat[:, offset : offset + size].copy().view(dt).reshape(n, *shape)
+            out[name] = flat[:, offset : offset + size].copy().view(dt).reshape(n, *shape1[1:])
         return out, [b[self.output_bytes :] for b in blobs]
 
 

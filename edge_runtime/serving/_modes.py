@@ -12,8 +12,8 @@ from edge_runtime._errors import ConfigError, ModelInputError
 from edge_runtime.features import FieldStatus
 from edge_runtime.features._read import entity_columns, key_column
 from edge_runtime.serving._inputs import merge_request
-from edge_runtime.serving._plan import STATUS_CODES, STATUS_INDEX, ModelPlan
-from edge_runtime.serving._prediction import InputStatus, Prediction
+from edge_runtime.serving._plan import ModelPlan
+from edge_runtime.serving._prediction import STATUS_INDEX, InputStatus, Prediction
 
 if TYPE_CHECKING:
     from edge_runtime.serving._runtime import EdgeRuntime
@@ -61,23 +61,11 @@ def canonical_request(cols: dict[str, list[Any]], keys: tuple[str, ...], i: int)
     return json.dumps(extra, sort_keys=True, separators=(",", ":"), default=str)
 
 
-class _PackedStatus:
-    """Input statuses kept as the cache's status bytes until someone asks for them."""
-
-    __slots__ = ("refs", "rows")
-
-    def __init__(self, refs: list[str], rows: list[bytes]) -> None:
-        self.refs = refs
-        self.rows = rows
-
-    def decode(self) -> dict[str, list[InputStatus]]:
-        rows = self.rows
-        return {ref: [STATUS_CODES[r[j]] for r in rows] for j, ref in enumerate(self.refs)}
-
-
 def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, request_data: object) -> Prediction:
     """Serve cached predictions; compute the misses in one batch and cache them (see ``_cache``)."""
-    inputs = _inputs_of(plan)
+    inputs = plan.inputs
+    if inputs is None:
+        inputs = _inputs_of(plan)  # raises the error that names the problem
     cache = plan.cache or rt.cache_for(plan)
     version = plan.version
     keys = inputs.join_keys
@@ -93,17 +81,10 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
                 if t is not int and t is not str:
                     break
             else:
-                blob = cache.get(key, "", version, round(rt.clock() * 1_000_000))
+                blob = cache.get(key, "", version, round(rt._clock() * 1_000_000))
                 if blob is not None:
                     outputs, status = plan.layout.unpack_one(blob)
-                    return Prediction(
-                        model=plan.name,
-                        version=version,
-                        mode=_CACHED,
-                        outputs=outputs,
-                        feature_status=_PackedStatus(inputs.refs, [status]).decode,
-                        cached=[True],
-                    )
+                    return Prediction(plan.name, version, _CACHED, outputs, (inputs.refs, [status]), [True])
     n, cols = entity_columns(entity_rows if entity_rows is not None else [{}])
     if request_data is not None:
         merge_request(cols, n, request_data)
@@ -147,7 +128,7 @@ def predict_cached(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, reques
         version=version,
         mode=_CACHED,
         outputs=unpacked,
-        feature_status=_PackedStatus(inputs.refs, codes).decode,
+        feature_status=(inputs.refs, codes),
         cached=[i not in missed for i in range(n)],
     )
 

@@ -13,11 +13,6 @@ from edge_runtime.features import FeatureStore
 from edge_runtime.models import ActiveModel
 from edge_runtime.serving._cache import Dependency, ModelCache, OutputLayout
 from edge_runtime.serving._inputs import InputPlan, view_tables
-from edge_runtime.serving._prediction import InputStatus
-
-#: Status codes stored with a cached prediction (one byte per input feature).
-STATUS_CODES = (InputStatus.PRESENT, InputStatus.DEFAULTED, InputStatus.EXPIRED, InputStatus.MISSING)
-STATUS_INDEX = {s: i for i, s in enumerate(STATUS_CODES)}
 
 
 @dataclass
@@ -38,15 +33,13 @@ class ModelPlan:
     cache: ModelCache | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def name(self) -> str:
-        """The model name."""
-        return self.active.name
+    #: the model name and version (copied from ``active``: read on every prediction)
+    name: str = ""
+    version: int = 0
 
-    @property
-    def version(self) -> int:
-        """The model version."""
-        return self.active.version
+    def __post_init__(self) -> None:
+        self.name = self.active.name
+        self.version = self.active.version
 
 
 def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureStore) -> ModelPlan:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,19 @@ class InputStatus(str, enum.Enum):
     MISSING = "missing"
 
 
+#: Status codes stored with a cached prediction (one byte per input feature, in manifest order).
+STATUS_CODES = (InputStatus.PRESENT, InputStatus.DEFAULTED, InputStatus.EXPIRED, InputStatus.MISSING)
+STATUS_INDEX = {s: i for i, s in enumerate(STATUS_CODES)}
+
+#: Statuses still packed as the cache stores them: (feature refs, one bytes of codes per row).
+PackedStatus = tuple[Sequence[str], Sequence[bytes]]
+
+
+def unpack_statuses(refs: Sequence[str], rows: Sequence[bytes]) -> dict[str, list[InputStatus]]:
+    """Decode packed status codes into ``{ref: [InputStatus per row]}``."""
+    return {ref: [STATUS_CODES[r[j]] for r in rows] for j, ref in enumerate(refs)}
+
+
 class Prediction:
     """The answer for a list of entity rows (or of tensors): one row of outputs per entity row.
 
@@ -34,12 +47,11 @@ class Prediction:
 
     def __init__(
         self,
-        *,
         model: str,
         version: int,
         mode: str,
         outputs: dict[str, np.ndarray],
-        feature_status: Mapping[str, Sequence[InputStatus]] | Callable[[], Mapping[str, Sequence[InputStatus]]],
+        feature_status: Mapping[str, Sequence[InputStatus]] | PackedStatus,
         cached: Sequence[bool],
         latency_s: float = 0.0,
     ) -> None:
@@ -47,7 +59,7 @@ class Prediction:
         self.version = version
         self.mode = mode
         self.outputs = outputs
-        # A callable is decoded on first access (cache hits keep the statuses as packed codes until asked).
+        # Packed codes (a tuple) are decoded on first access: cache hits keep them packed until someone asks.
         self._status = feature_status
         self.cached = cached
         self.latency_s = latency_s
@@ -56,9 +68,9 @@ class Prediction:
     def feature_status(self) -> Mapping[str, Sequence[InputStatus]]:
         """Each input feature ref → one :class:`InputStatus` per row."""
         status = self._status
-        if callable(status):
-            status = self._status = status()
-        return status
+        if type(status) is tuple:
+            status = self._status = unpack_statuses(*status)
+        return status  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return len(self.cached)

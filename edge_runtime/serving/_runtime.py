@@ -117,7 +117,9 @@ class EdgeRuntime:
         if self._closed:
             raise StoreClosedError(f"the runtime over {self.data_dir} is closed")
         plan = self._plan(model)
-        chosen = self._mode(plan, mode, inputs)
+        chosen = _MODES.get(mode) if mode is not None else None
+        if chosen is None:
+            chosen = self._mode(plan, mode, inputs)
         if chosen is _ONLINE:
             result = predict_online(plan, entity_rows, request_data)
         elif chosen is _CACHED:

@@ -17,6 +17,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_runtime._errors import FeatureStoreError, StoreClosedError, UnknownNameError
 from edge_runtime._sqlite import connect, migrate, quote_ident, transaction
 from edge_runtime._time import Clock
@@ -37,7 +39,7 @@ from ._read import ReadPlan, compile_plan, entity_columns, execute, execute_one,
 from ._registry import META_TABLE, MIGRATIONS, MIGRATIONS_TABLE, Registry, apply_definitions, stream_table, view_table
 from ._response import EntityRead, OnlineResponse
 from ._stream import PRUNE_EVERY_ROWS, PRUNE_EVERY_US, insert_sql, prune_sql
-from ._write import encode_batch, encode_keys, to_columns, upsert_sql
+from ._write import encode_batch, encode_keys, to_columns, tombstone_times, upsert_sql
 
 log = logging.getLogger(__name__)
 
@@ -242,20 +244,31 @@ class FeatureStore:
         self, view: str, entity_rows: object, *, state: Mapping[str, Any] | None = None
     ) -> int:
         """Delete the rows of the given entities (join-key dicts or columns) from one feature view, in one
-        transaction with ``state`` (see :meth:`write_to_online_store`); returns the number of rows deleted."""
+        transaction with ``state`` (see :meth:`write_to_online_store`); returns the number of rows deleted.
+
+        A deletion that carries an ``event_timestamp`` is a tombstone of that moment: it removes the stored row only
+        if the row is not newer, just as an older upsert never overwrites a newer one.
+        """
         v = self._reg.views.get(view)
         if v is None:
             raise UnknownNameError("feature view", view, self._reg.views)
+        # Event times are read before entity_columns turns a datetime64 array into naive datetimes.
+        raw_times = entity_rows.get("event_timestamp") if isinstance(entity_rows, Mapping) else None
         n, cols = entity_columns(entity_rows)
         target = f"feature view {view!r}"
         keys = list(zip(*(encode_keys(cols.get(k), n, target, k) for k in v.join_keys), strict=True))
+        times = raw_times if isinstance(raw_times, np.ndarray) else cols.get("event_timestamp")
+        when = tombstone_times(times, n, target)
+        params = [(*k, t, t) for k, t in zip(keys, when, strict=True)]
         state_rows = encode_state(state)
         where = " AND ".join(f"{quote_ident(k)} = ?" for k in v.join_keys)
         with self._lock:
             self._check_open()
             with transaction(self._writer):
                 before = self._writer.total_changes
-                self._writer.executemany(f"DELETE FROM {view_table(view)} WHERE {where}", keys)
+                self._writer.executemany(
+                    f"DELETE FROM {view_table(view)} WHERE {where} AND (? IS NULL OR event_ts <= ?)", params
+                )
                 deleted = self._writer.total_changes - before
                 write_state(self._writer, state_rows, self._now_us())
         if self._listeners and keys:

@@ -255,3 +255,22 @@ def upsert_sql(table: str, keys: Sequence[str], features: Sequence[str]) -> str:
         f"INSERT INTO {table} ({quoted}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET {sets} "
         f"WHERE excluded.event_ts >= {table}.event_ts"
     )
+
+
+def tombstone_times(col: Sequence[Any] | np.ndarray | None, n: int, target: str) -> list[int | None]:
+    """The event times (epoch µs) of ``n`` deletions, None where a deletion carries none."""
+    if col is None:
+        return [None] * n
+    if isinstance(col, np.ndarray) and col.dtype.kind == "M":  # datetime64: UTC by numpy's convention
+        us = col.astype("datetime64[us]")
+        return [None if np.isnat(t) else int(v) for t, v in zip(us, us.astype(np.int64), strict=True)]
+    out: list[int | None] = []
+    for i, value in enumerate(col):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            out.append(to_epoch_us(value))
+        except (TypeError, ValueError) as exc:
+            raise RowValidationError(str(exc), target=target, row=i, column="event_timestamp") from None
+    return out

@@ -358,3 +358,24 @@ def test_out_of_range_keys_and_timestamps(store):
         store.get_online_features(["profile:age"], [{"user_id": 2**64}])
     with pytest.raises(RowValidationError, match=r"entity_rows, row 1, column 'user_id'.*int64 range"):
         store.get_online_features(["profile:age"], {"user_id": [1, -(2**70)]})
+
+
+def test_a_tombstone_with_an_event_time_never_deletes_a_newer_row(store, clock):
+    store.write_to_online_store("profile", [row(1, clock() - 100), row(2, clock() - 100), row(3, clock() - 100)])
+    deleted = store.delete_from_online_store(
+        "profile",
+        [
+            {"user_id": 1, "event_timestamp": clock() - 200},  # older than the row: kept
+            {"user_id": 2, "event_timestamp": clock() - 50},  # newer: deleted
+            {"user_id": 3},  # no time: deleted
+        ],
+    )
+    assert deleted == 2
+    assert store.get_online_features(["profile:age"], {"user_id": [1, 2, 3]}).to_dict()["age"] == [30, None, None]
+    # columns with a datetime64 array, as the sync agent passes them
+    store.write_to_online_store("profile", [row(4, clock() - 100), row(5, clock() - 100)])
+    stamps = np.array([round((clock() - 300) * 1e6), round((clock() - 10) * 1e6)], dtype="datetime64[us]")
+    assert store.delete_from_online_store("profile", {"user_id": [4, 5], "event_timestamp": stamps}) == 1
+    assert store.get_online_features(["profile:age"], {"user_id": [4, 5]}).to_dict()["age"] == [30, None]
+    with pytest.raises(RowValidationError, match="naive datetime"):
+        store.delete_from_online_store("profile", [{"user_id": 4, "event_timestamp": dt.datetime(2026, 1, 1)}])

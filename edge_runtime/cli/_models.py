@@ -84,7 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", type=Path, required=True, help="model store directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, help="model store directory")
+    where.add_argument(
+        "--config",
+        type=Path,
+        help="device profile: its data_dir's model store, its trusted keys, backend and threads",
+    )
+    where.add_argument("--data-dir", type=Path, help="a runtime data directory (its models/ store)")
     p.add_argument("--keep", type=int, default=2, help="versions kept beyond active and previous (default 2)")
 
 
@@ -203,6 +210,20 @@ def _sign(args: argparse.Namespace) -> int:
 def _open_store(args: argparse.Namespace, *, trusted: list[Path] | None = None) -> Any:
     from edge_runtime.models import ModelStore
 
+    if args.config is not None:
+        # The store the device's runtime uses, with the profile's signature requirement: a CLI install on a
+        # device must not bypass the keys the sync agent enforces.
+        from edge_runtime._config import load_config
+
+        config = load_config(args.config)
+        keys = [*(trusted or []), *(config.sync.trusted_keys if config.sync else ())]
+        args.store = config.data_dir / "models"
+        backend = None if config.runtime.backend == "auto" else config.runtime.backend
+        return ModelStore(
+            args.store, keep=args.keep, trusted_keys=keys or None, backend=backend, threads=config.runtime.threads
+        )
+    if args.data_dir is not None:
+        args.store = args.data_dir / "models"
     return ModelStore(args.store, keep=args.keep, trusted_keys=trusted or None)
 
 

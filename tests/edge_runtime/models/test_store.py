@@ -26,7 +26,7 @@ from edge_runtime import (
     VersionPolicyError,
 )
 from edge_runtime.cli import main
-from edge_runtime.models import HealthCheck, Manifest, generate_keypair
+from edge_runtime.models import HealthCheck, Manifest, generate_keypair, sign_bundle
 from edge_runtime.models._fsutil import sha256_file
 
 X = sample_inputs()
@@ -388,6 +388,27 @@ def test_cli_store_commands(tmp_path: Path, bundles: dict[int, Path], capsys: py
     assert "not signed" in capsys.readouterr().err
     assert main(["models", "activate", "nope", "--store", s]) == 1
     assert "'nope' is not installed" in capsys.readouterr().err
+
+
+def test_cli_store_commands_find_the_store_of_a_device_profile(
+    tmp_path: Path, bundles: dict[int, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = generate_keypair(tmp_path / "k")
+    profile = tmp_path / "device.toml"
+    profile.write_text(
+        'data_dir = "data"\n[sync]\nbroker = "mqtt://localhost:1883"\ndevice_id = "d1"\n'
+        f'trusted_keys = ["{keys.public_key}"]\n'
+    )
+    # the profile's trusted keys apply: an unsigned bundle is refused, a signed one goes into data/models
+    assert main(["models", "install", str(bundles[1]), "--config", str(profile), "--activate"]) == 1
+    assert "not signed" in capsys.readouterr().err
+    sign_bundle(bundles[1], keys.private_key)
+    assert main(["models", "install", str(bundles[1]), "--config", str(profile), "--activate"]) == 0
+    capsys.readouterr()
+    assert main(["models", "ls", "--data-dir", str(tmp_path / "data"), "--json"]) == 0
+    assert [(r["version"], r["slot"]) for r in json.loads(capsys.readouterr().out)] == [(1, "active")]
+    with pytest.raises(SystemExit):  # one place to find the store, not two
+        main(["models", "ls", "--store", "x", "--data-dir", "y"])
 
 
 def test_write_mlp_is_deterministic(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from edge_runtime._sqlite import connect, migrate, quote_ident, transaction
 from edge_runtime._time import Clock
 
 from ._definitions import Definition, FeatureService, FeatureView, View
+from ._entity_rows import entity_columns
 from ._maintenance import (
     delete_entity,
     encode_state,
@@ -35,7 +36,7 @@ from ._maintenance import (
     sweep_expired,
     write_state,
 )
-from ._read import ReadPlan, compile_plan, entity_columns, execute, execute_one, read_one
+from ._read import ReadPlan, compile_plan, execute, execute_one, read_one
 from ._registry import META_TABLE, MIGRATIONS, MIGRATIONS_TABLE, Registry, apply_definitions, stream_table, view_table
 from ._response import EntityRead, OnlineResponse
 from ._stream import PRUNE_EVERY_ROWS, PRUNE_EVERY_US, insert_sql, prune_sql

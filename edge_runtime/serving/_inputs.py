@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime._errors import ModelInputError
 from edge_runtime.features import FeatureStore, FeatureView, FieldStatus, OnDemandFeatureView, StreamFeatureView
-from edge_runtime.features._read import entity_columns
+from edge_runtime.features._entity_rows import entity_columns
 from edge_runtime.models import Manifest
 
 from ._prediction import InputStatus

@@ -10,7 +10,7 @@ import numpy as np
 from edge_runtime._config import ServingMode
 from edge_runtime._errors import ConfigError, ModelInputError
 from edge_runtime.features import FieldStatus
-from edge_runtime.features._read import entity_columns, key_column
+from edge_runtime.features._entity_rows import entity_columns, key_column
 from edge_runtime.serving._inputs import merge_request
 from edge_runtime.serving._plan import ModelPlan
 from edge_runtime.serving._prediction import STATUS_INDEX, InputStatus, Prediction

@@ -74,35 +74,14 @@ def rows_batch(
 
 def write_mlp(path: Path, seed: int, hidden: int = 8) -> Path:
     """An ONNX perceptron x[batch, 4] → y[batch, 1]; ``hidden`` sets its size (about 24 bytes per unit)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from tests.edge_runtime.models._model_factory import save_perceptron
 
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((N_IN, hidden)) / np.sqrt(hidden)).astype(np.float32)
     b1 = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
     w2 = (rng.standard_normal((hidden, 1)) / np.sqrt(hidden)).astype(np.float32)
     b2 = np.zeros(1, dtype=np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
-        helper.make_node("Add", ["h0", "b1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h2"]),
-        helper.make_node("MatMul", ["h2", "w2"], ["o0"]),
-        helper.make_node("Add", ["o0", "b2"], ["o1"]),
-        helper.make_node("Sigmoid", ["o1"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", N_IN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_perceptron(path, w1, b1, w2, b2)
 
 
 def make_bundle(

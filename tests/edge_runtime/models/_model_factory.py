@@ -28,16 +28,15 @@ def weights(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def write_mlp(path: Path, seed: int) -> Path:
     """Write the seed's perceptron as ONNX (input ``x`` [batch, 4] float32, output ``y`` [batch, 1])."""
+    return save_perceptron(path, *weights(seed))
+
+
+def save_perceptron(path: Path, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> Path:
+    """Save ``sigmoid(relu(x @ w1 + b1) @ w2 + b2)`` as ONNX with a dynamic batch (``x`` → ``y``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w1, b1, w2, b2 = weights(seed)
-    inits = [
-        numpy_helper.from_array(w1, "w1"),
-        numpy_helper.from_array(b1, "b1"),
-        numpy_helper.from_array(w2, "w2"),
-        numpy_helper.from_array(b2, "b2"),
-    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h0"]),
         helper.make_node("Add", ["h0", "b1"], ["h1"]),
@@ -49,7 +48,7 @@ def write_mlp(path: Path, seed: int) -> Path:
     graph = helper.make_graph(
         nodes,
         "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", N_IN])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", w1.shape[0]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
         initializer=inits,
     )

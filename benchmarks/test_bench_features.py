@@ -211,13 +211,18 @@ def _write_rows(seed: int) -> list[dict]:
     ]
 
 
-def test_write_10k_raw(benchmark, raw):
+def _raw_upsert_sql() -> str:
+    """The raw twin of the store's upsert: newest event wins, one statement for executemany."""
     cols = ["user_id", *FEATURES, "event_ts", "written_us"]
     sets = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
-    sql = (
+    return (
         f"INSERT INTO {TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
         f"ON CONFLICT (user_id) DO UPDATE SET {sets} WHERE excluded.event_ts >= {TABLE}.event_ts"
     )
+
+
+def test_write_10k_raw(benchmark, raw):
+    sql = _raw_upsert_sql()
     rows = _write_rows(4)
 
     def run():
@@ -250,12 +255,7 @@ def test_write_10k_ours(benchmark, store):
 
 def test_write_10k_numpy_raw(benchmark, raw):
     """Raw twin for columns given as numpy arrays: the raw side builds its tuples from the arrays too."""
-    cols = ["user_id", *FEATURES, "event_ts", "written_us"]
-    sets = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
-    sql = (
-        f"INSERT INTO {TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-        f"ON CONFLICT (user_id) DO UPDATE SET {sets} WHERE excluded.event_ts >= {TABLE}.event_ts"
-    )
+    sql = _raw_upsert_sql()
     data = _numpy_columns(5)
 
     def run():

@@ -9,7 +9,6 @@ microseconds (see :mod:`edge_runtime._time`).
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,13 +98,3 @@ def in_condition(keys: Sequence[str], size: int) -> str:
     tup = "(" + ", ".join("?" * len(keys)) + ")"
     names = ", ".join(quote_ident(k) for k in keys)
     return f"({names}) IN (VALUES {', '.join([tup] * size)})"
-
-
-def wait_for_unlock(conn: sqlite3.Connection, attempts: int = 50) -> None:
-    """Retry a trivial read until the database is not locked (used after a crash left a writer behind)."""
-    for _ in range(attempts):
-        try:
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            return
-        except sqlite3.OperationalError:
-            time.sleep(0.05)

@@ -36,10 +36,12 @@ def _docs_text() -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize(("command", "help_text"), _all_commands() or [("(none)", "x")])
+def test_the_command_tree_is_not_empty() -> None:
+    assert len(_all_commands()) > 20
+
+
+@pytest.mark.parametrize(("command", "help_text"), _all_commands())
 def test_every_command_has_help_and_docs(command: str, help_text: str | None) -> None:
-    if command == "(none)":
-        pytest.skip("no commands registered")
     assert help_text and help_text.strip(), f"{command} has no help text"
     assert f"`{command}" in _docs_text(), f"{command} is not documented in README.md or docs/"
 

@@ -237,14 +237,6 @@ class PredictionCache:
                 db.execute(_trim_sql(cache), (self.max_rows,))
         return True
 
-    def invalidate(self, model: str) -> None:
-        """Drop every cached prediction of ``model``."""
-        with self._lock:
-            cache = self._models.get(model)
-            if cache is not None:
-                with transaction(self._writer) as db:
-                    db.execute(f"DELETE FROM {cache.table}")
-
     def count(self, model: str) -> int:
         """How many predictions of ``model`` are cached."""
         # Read the table even when this process has not served the model yet: the cache outlives processes.

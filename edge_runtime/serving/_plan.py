@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,9 +28,7 @@ class ModelPlan:
     deps: tuple[Dependency, ...] = ()
     #: views whose writes concern this model (for recompute-on-write)
     dep_views: frozenset[str] = frozenset()
-    stream_inputs: bool = False
     cache: ModelCache | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     #: the model name and version (copied from ``active``: read on every prediction)
     name: str = ""
@@ -60,7 +57,6 @@ def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureSto
         fields.append((spec.name, np.dtype(spec.dtype), row_shape))
     deps: list[Dependency] = []
     dep_views: set[str] = set()
-    stream_inputs = False
     if inputs is not None:
         keys = set(inputs.join_keys)
         for view_name in sorted({r.split(":", 1)[0] for r in inputs.store_refs}):
@@ -68,7 +64,6 @@ def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureSto
                 if set(table.keys) <= keys:
                     deps.append(Dependency(table=table.table, keys=table.keys, ops=table.ops))
                     dep_views.add(table.view)
-                stream_inputs = stream_inputs or table.stream
     return ModelPlan(
         active=active,
         settings=settings,
@@ -79,7 +74,6 @@ def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureSto
         on_write=on_write,
         deps=tuple(deps),
         dep_views=frozenset(dep_views),
-        stream_inputs=stream_inputs,
     )
 
 

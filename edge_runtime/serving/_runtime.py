@@ -174,10 +174,10 @@ class EdgeRuntime:
         return plan
 
     def _mode(self, plan: ModelPlan, mode: ServingMode | str | None, inputs: object) -> ServingMode:
+        """The mode when ``predict`` was not given a known one: the default, or an error naming the bad value."""
         if mode is None:
             return ServingMode.TENSORS if inputs is not None else plan.mode
-        chosen = _MODES.get(mode)
-        return chosen if chosen is not None else parse_mode(mode, key="mode")
+        return parse_mode(mode, key="mode")
 
     # --- cache maintenance ---------------------------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ class EdgeRuntime:
 
     @property
     def prediction_cache(self) -> PredictionCache:
-        """The prediction cache (for inspection: ``count(model)``, ``invalidate(model)``)."""
+        """The prediction cache (for inspection: ``count(model)``)."""
         return self._cache
 
     def _on_feature_write(self, view: str, keys: list[tuple[Any, ...]]) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_runtime._errors import ConfigError
-from edge_runtime._sqlite import Migration, connect, migrate, quote_ident, transaction, wait_for_unlock
+from edge_runtime._sqlite import Migration, connect, migrate, quote_ident, transaction
 from edge_runtime._time import from_epoch_us, now_us, to_epoch_us, to_seconds
 from edge_runtime._toml import TomlTable, load_toml
 
@@ -141,12 +141,11 @@ def test_migrate_applies_once_and_retries_a_failed_step(tmp_path):
     conn.close()
 
 
-def test_quote_ident_and_wait_for_unlock(tmp_path):
+def test_quote_ident(tmp_path):
     conn = connect(tmp_path / "a.db")
     name = 'we"ird table'
     conn.execute(f"CREATE TABLE {quote_ident(name)} (x)")
     assert conn.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0] == 0
-    wait_for_unlock(conn)
     conn.close()
 
 

@@ -38,7 +38,26 @@ _LAZY = {
     "read_columns": "._sources",
 }
 
-__all__ = sorted(_LAZY)
+# A literal list, so type checkers and readers see the API; tests/test_public_api.py pins it.
+__all__ = [
+    "LOG_STORES",
+    "CatchUpPlan",
+    "CloudConfig",
+    "CloudPublisher",
+    "DeltaLog",
+    "DeviceState",
+    "PublishResult",
+    "Release",
+    "ReleaseResult",
+    "Route",
+    "StreamInfo",
+    "TargetResult",
+    "canary_rank",
+    "fleet_status",
+    "list_releases",
+    "load_cloud_config",
+    "read_columns",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -221,10 +221,12 @@ class ModelSettings:
     mode: ServingMode | None = None
     #: precomputed mode: the feature view and feature that hold the prediction
     prediction_feature: str | None = None
-    #: precomputed mode: run the model when the stored prediction is missing or stale
-    fallback_to_model: bool = True
-    #: cached mode: what a feature write does to the entity's cached prediction
-    on_write: OnWrite = OnWrite.INVALIDATE
+    #: precomputed mode: run the model when the stored prediction is missing or stale (None = the manifest's
+    #: ``serving.fallback_to_model``, else true)
+    fallback_to_model: bool | None = None
+    #: cached mode: what a feature write does to the entity's cached prediction (None = the manifest's
+    #: ``serving.on_write``, else invalidate)
+    on_write: OnWrite | None = None
     #: pinned version (None = latest installed)
     pin_version: int | None = None
     #: seconds between scheduled batch_predict runs (None = on demand only)
@@ -397,23 +399,24 @@ def _parse_model(t: TomlTable) -> ModelSettings:
         }
     )
     mode = t.get("mode", str, None)
-    on_write = t.get("on_write", str, "invalidate")
+    on_write = t.get("on_write", str, None)
     kwargs: dict[str, Any] = {}
     if mode is not None:
         try:
             kwargs["mode"] = ServingMode(mode)
         except ValueError:
             raise t.error("mode", f"unknown mode {mode!r}", expected=MODE_CHOICES, got=mode) from None
-    try:
-        kwargs["on_write"] = OnWrite(on_write)
-    except ValueError:
-        raise t.error(
-            "on_write", f"unknown value {on_write!r}", expected="invalidate | recompute", got=on_write
-        ) from None
+    if on_write is not None:
+        try:
+            kwargs["on_write"] = OnWrite(on_write)
+        except ValueError:
+            raise t.error(
+                "on_write", f"unknown value {on_write!r}", expected="invalidate | recompute", got=on_write
+            ) from None
     return ModelSettings(
         name=t.get("name", str),
         prediction_feature=t.get("prediction_feature", str, None),
-        fallback_to_model=t.get("fallback_to_model", bool, True),
+        fallback_to_model=t.get("fallback_to_model", bool, None),
         pin_version=t.get("pin_version", int, None),
         batch_interval_s=t.get("batch_interval_s", float, None),
         **kwargs,

@@ -92,15 +92,14 @@ class DeviceCore:
         self.clock = SkewedClock(spec.clock_offset_s)
         self.runtime = EdgeRuntime(spec.runtime_config(), clock=self.clock, start_sync=False)
         try:
-            # EdgeRuntime.for_runtime does not hand its clock to the agent: pass the skewed one explicitly, so
-            # manifest expiry and download windows see the same wrong time as the feature TTLs.
+            # The skewed clock, explicitly: manifest expiry and download windows see the same wrong time as the
+            # feature TTLs.
             self.agent = DeviceAgent.for_runtime(
                 self.runtime,
                 wall_clock=self.clock,
                 credentials=Credentials(spec.username, spec.password, spec.ca_file),
             )
-            self.runtime.agent = self.agent  # so runtime.status() and runtime.close() cover it
-            self.agent.start()
+            self.runtime.attach("sync", self.agent, start=True)  # runtime.status() and close() cover it
         except BaseException:
             self.runtime.close()
             raise

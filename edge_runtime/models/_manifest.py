@@ -21,6 +21,8 @@ import numpy as np
 
 from edge_runtime._errors import BundleError
 
+from ._serving_spec import ServingDefaults, parse_serving
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "signature.json"
@@ -270,6 +272,12 @@ class Manifest:
                     raise _fail(
                         f"must hold plain JSON values (finite numbers, strings, lists, objects): {exc}", what
                     ) from None
+        parse_serving(self.serving)
+
+    @property
+    def serving_defaults(self) -> ServingDefaults:
+        """The ``serving`` section, typed (checked when the manifest was built, so this cannot fail)."""
+        return parse_serving(self.serving)
 
     def _check_health_names(self, check: HealthCheck) -> None:
         inputs = {spec.name for spec in self.inputs}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,12 +99,31 @@ class ModelStore:
         self._lock = WriterLock(self.root / "store.lock")
         self._active: dict[str, ActiveModel] = {}
         self._closed = False
+        # Readers on other threads get a connection each: the writer's connection shows its uncommitted rows to
+        # anyone using it, so status reads from an HTTP thread must not share it mid-install.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         #: What the last open had to clean up or repair, in words (empty after a clean shutdown).
         self.recovery: list[str] = []
         with self._writing():
             self._recover()
 
     # --- reading ------------------------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        """The connection for a read: the writer's own on the thread holding the writer lock (it must see its
+        uncommitted rows), else this thread's own connection, which sees committed state only."""
+        self._check_open()
+        if self._lock.held_by_this_thread():
+            return self._db
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.root / "store.db", check_same_thread=False)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
 
     def active(self, name: str) -> ActiveModel:
         """The loaded active version of ``name``: one dictionary read once it is loaded.
@@ -122,7 +142,7 @@ class ModelStore:
 
     def names(self) -> list[str]:
         """Every model name with at least one installed version."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT name FROM model_versions ORDER BY name")]
+        return [r[0] for r in self._reader().execute("SELECT DISTINCT name FROM model_versions ORDER BY name")]
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         """Installed versions (of ``name``, or of every model), oldest first, with their slot."""
@@ -130,20 +150,24 @@ class ModelStore:
             "SELECT v.name, v.version, v.digest, v.format, v.size, v.created_at, v.installed_at_us, v.key_id,"
             " s.active, s.previous FROM model_versions v LEFT JOIN model_slots s ON s.name = v.name"
         )
-        rows = self._db.execute(
-            sql + (" WHERE v.name = ? ORDER BY v.version" if name else " ORDER BY v.name, v.version"),
-            (name,) if name else (),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                sql + (" WHERE v.name = ? ORDER BY v.version" if name else " ORDER BY v.name, v.version"),
+                (name,) if name else (),
+            )
+            .fetchall()
+        )
         return [ModelVersion(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] == r[1], r[9] == r[1]) for r in rows]
 
     def active_version(self, name: str) -> int | None:
         """The version recorded as active for ``name`` (without loading it), or None."""
-        row = self._db.execute("SELECT active FROM model_slots WHERE name = ?", (name,)).fetchone()
+        row = self._reader().execute("SELECT active FROM model_slots WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def previous_version(self, name: str) -> int | None:
         """The version :meth:`rollback` would return to, or None."""
-        row = self._db.execute("SELECT previous FROM model_slots WHERE name = ?", (name,)).fetchone()
+        row = self._reader().execute("SELECT previous FROM model_slots WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def bundle_path(self, name: str, version: int) -> Path:
@@ -153,10 +177,14 @@ class ModelStore:
     def events(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The most recent install/activate/rollback/failure events, newest first."""
         sql = "SELECT at_us, name, version, action, detail FROM model_events"
-        rows = self._db.execute(
-            sql + (" WHERE name = ?" if name else "") + " ORDER BY id DESC LIMIT ?",
-            (name, limit) if name else (limit,),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                sql + (" WHERE name = ?" if name else "") + " ORDER BY id DESC LIMIT ?",
+                (name, limit) if name else (limit,),
+            )
+            .fetchall()
+        )
         return [dict(zip(("at_us", "name", "version", "action", "detail"), r, strict=True)) for r in rows]
 
     # --- installing ---------------------------------------------------------------------------------------------
@@ -448,6 +476,10 @@ class ModelStore:
                 model.close()
             self._active.clear()
             self._db.close()
+            with self._readers_lock:
+                for conn in self._readers:
+                    conn.close()
+                self._readers.clear()
         self._lock.close()
 
     def __enter__(self) -> ModelStore:

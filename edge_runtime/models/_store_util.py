@@ -115,6 +115,7 @@ class WriterLock:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._thread = threading.RLock()
         self._depth = 0
+        self._owner: int | None = None
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -124,13 +125,19 @@ class WriterLock:
                 raise ModelError(f"{self.path.parent} is closed")
             if self._depth == 0:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._owner = threading.get_ident()
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
                 if self._depth == 0:
+                    self._owner = None
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def held_by_this_thread(self) -> bool:
+        """Whether the calling thread holds the lock (a read it makes must see its own uncommitted writes)."""
+        return self._owner == threading.get_ident()
 
     def close(self) -> None:
         """Release the lock file descriptor."""

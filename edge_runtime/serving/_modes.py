@@ -167,7 +167,7 @@ def predict_precomputed(rt: EdgeRuntime, plan: ModelPlan, entity_rows: object, r
         if v is not None:
             target[i] = np.asarray(v, dtype=target.dtype).reshape(target.shape[1:])
     stale = [i for i, v in enumerate(values) if v is None]
-    if stale and plan.settings.fallback_to_model and plan.inputs is not None:
+    if stale and plan.fallback_to_model and plan.inputs is not None:
         sub = {k: [v[i] for i in stale] for k, v in cols.items()}
         fresh = predict_online(plan, sub, None)
         for out, arr in fresh.outputs.items():

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from edge_runtime._config import ModelSettings, OnWrite, ServingMode, parse_mode
+from edge_runtime._config import ModelSettings, OnWrite, ServingMode
 from edge_runtime.features import FeatureStore
 from edge_runtime.models import ActiveModel
 from edge_runtime.serving._cache import Dependency, ModelCache, OutputLayout
 from edge_runtime.serving._inputs import InputPlan, view_tables
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,6 +28,8 @@ class ModelPlan:
     layout: OutputLayout
     prediction_ref: str | None
     on_write: OnWrite
+    #: precomputed mode: run the model for rows whose stored prediction is missing or stale
+    fallback_to_model: bool = True
     deps: tuple[Dependency, ...] = ()
     #: views whose writes concern this model (for recompute-on-write)
     dep_views: frozenset[str] = frozenset()
@@ -42,15 +47,15 @@ class ModelPlan:
 def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureStore) -> ModelPlan:
     """Compile the serving plan of ``active`` under the profile's ``settings``."""
     manifest = active.manifest
-    serving = dict(manifest.serving or {})
+    serving = manifest.serving_defaults
     inputs = InputPlan(manifest, store) if manifest.features else None
-    default_mode = settings.mode or _mode(serving.get("mode"), manifest.name)
-    if default_mode is None:
-        default_mode = ServingMode.ONLINE if inputs is not None else ServingMode.TENSORS
-    prediction_ref = settings.prediction_feature or serving.get("prediction_feature")
-    on_write = settings.on_write
-    if settings.mode is None and "on_write" in serving:
-        on_write = OnWrite(serving["on_write"])
+    # profile > manifest > default, field by field: None means "not set" at each level.
+    mode = settings.mode or serving.mode
+    if mode is None:
+        mode = ServingMode.ONLINE if inputs is not None else ServingMode.TENSORS
+    prediction_ref = settings.prediction_feature or serving.prediction_feature
+    on_write = _first(settings.on_write, serving.on_write, OnWrite.INVALIDATE)
+    fallback_to_model = _first(settings.fallback_to_model, serving.fallback_to_model, True)
     fields = []
     for spec in active.backend.outputs:
         row_shape = tuple(d if d is not None else 1 for d in spec.shape[1:])
@@ -67,20 +72,20 @@ def compile_plan(active: ActiveModel, settings: ModelSettings, store: FeatureSto
     return ModelPlan(
         active=active,
         settings=settings,
-        mode=default_mode,
+        mode=mode,
         inputs=inputs,
         layout=OutputLayout(tuple(fields), status_width=len(inputs.refs) if inputs is not None else 0),
         prediction_ref=prediction_ref,
         on_write=on_write,
+        fallback_to_model=fallback_to_model,
         deps=tuple(deps),
         dep_views=frozenset(dep_views),
     )
 
 
-def _mode(value: object, model: str) -> ServingMode | None:
-    if value is None:
-        return None
-    return parse_mode(value, key="serving.mode", context=f"model {model!r}: manifest ")
+def _first(*values: T | None) -> T:
+    """The first value that is set (the last argument is the default and always set)."""
+    return next(v for v in values if v is not None)
 
 
 def output_view_name(model: str) -> str:

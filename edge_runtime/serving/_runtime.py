@@ -21,6 +21,7 @@ from edge_runtime.features import FeatureStore, load_definitions
 from edge_runtime.models import ModelStore
 from edge_runtime.serving._batch import BatchResult, BatchScheduler, run_batch_predict
 from edge_runtime.serving._cache import PredictionCache
+from edge_runtime.serving._components import RuntimeComponent, component_factory
 from edge_runtime.serving._modes import predict_cached, predict_online, predict_precomputed
 from edge_runtime.serving._plan import ModelPlan, compile_plan
 from edge_runtime.serving._prediction import InputStatus, Prediction
@@ -87,9 +88,14 @@ class EdgeRuntime:
         for m in config.models:
             if m.batch_interval_s:
                 self._scheduler.schedule(m.name, m.batch_interval_s)
-        self.agent: Any = None
+        self._components: dict[str, RuntimeComponent] = {}
         if config.sync is not None and start_sync:
-            self.agent = self._start_agent()
+            # A [sync] table names the sync component; its package registers the factory (no import of it here).
+            try:
+                self.attach("sync", component_factory("sync")(self), start=True)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def from_config(cls, path: str | Path, *, data_dir: str | Path | None = None, **kwargs: Any) -> EdgeRuntime:
@@ -246,7 +252,8 @@ class EdgeRuntime:
             "data_dir": str(self.data_dir),
             "models": models,
             "features": self.features.stats(),
-            "sync": self.agent.status() if self.agent is not None else None,
+            "sync": None,
+            **{name: dict(component.status()) for name, component in self._components.items()},
             "telemetry": {
                 "enabled": self.telemetry is not None,
                 "pending_reports": len(self.telemetry.outbox) if self.telemetry is not None else 0,
@@ -274,12 +281,26 @@ class EdgeRuntime:
         )
         self.telemetry.maybe_flush()
 
-    def _start_agent(self) -> Any:
-        from cloud_sync.agent import DeviceAgent  # lazy: the sync stack is not on the predict path
+    def attach(self, name: str, component: RuntimeComponent, *, start: bool = False) -> RuntimeComponent:
+        """Run ``component`` with this runtime: its ``status()`` appears under ``name`` in :meth:`status`, and
+        :meth:`close` stops it first. ``start=True`` starts it too. Returns the component."""
+        if not isinstance(component, RuntimeComponent):
+            raise TypeError(f"{component!r} is not a RuntimeComponent (start, stop, status)")
+        if name in self._components:
+            raise ValueError(f"a component named {name!r} is already attached")
+        self._components[name] = component
+        if start:
+            component.start()
+        return component
 
-        agent = DeviceAgent.for_runtime(self)
-        agent.start()
-        return agent
+    def component(self, name: str) -> RuntimeComponent | None:
+        """The component attached as ``name``, or None."""
+        return self._components.get(name)
+
+    @property
+    def agent(self) -> Any:
+        """The attached sync agent (the ``"sync"`` component), or None."""
+        return self._components.get("sync")
 
     def warm_up(self, model: str | None = None) -> dict[str, int]:
         """Load, verify and health-check the active version of ``model`` (default: every installed model) and
@@ -294,9 +315,12 @@ class EdgeRuntime:
             return
         self._closed = True
         self._scheduler.stop()
-        if self.agent is not None:
-            self.agent.stop()
-            self.agent = None
+        for name, component in reversed(list(self._components.items())):
+            try:
+                component.stop()
+            except Exception:
+                log.exception("stopping component %r failed", name)
+        self._components.clear()
         if self.telemetry is not None:
             try:
                 self.telemetry.flush()

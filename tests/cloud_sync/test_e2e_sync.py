@@ -195,7 +195,9 @@ def test_runtime_telemetry_reaches_the_cloud_once(tmp_path: Path, mosquitto: Any
         ),
         start_sync=False,
     )
-    rt.agent = DeviceAgent.for_runtime(rt, credentials=Credentials("dev-a", mosquitto.password("dev-a"))).start()
+    rt.attach(
+        "sync", DeviceAgent.for_runtime(rt, credentials=Credentials("dev-a", mosquitto.password("dev-a"))), start=True
+    )
     try:
         assert rt.telemetry is not None
         for i in range(3):

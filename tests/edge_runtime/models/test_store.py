@@ -422,3 +422,35 @@ def test_a_store_database_that_is_not_sqlite_is_a_model_error(tmp_path: Path) ->
     (tmp_path / "s" / "store.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(ModelError, match="not a usable model store database"):
         ModelStore(tmp_path / "s")
+
+
+def test_reads_on_another_thread_never_see_an_install_before_it_commits(
+    store: ModelStore, bundles: dict[int, Path]
+) -> None:
+    """Status reads from another thread (an HTTP handler) used to share the writer's connection and could see
+    rows of a transaction still in progress; each thread now reads on its own connection."""
+    import threading
+
+    from edge_runtime._sqlite import transaction
+
+    store.install(bundles[1], activate=True)
+    seen: list[object] = []
+    inside = threading.Event()
+    done = threading.Event()
+
+    def reader() -> None:
+        inside.wait(10)
+        seen.append(store.active_version("ctr"))
+        seen.append([v.version for v in store.versions("ctr")])
+        done.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    with store._writing(), transaction(store._db):
+        store._db.execute("UPDATE model_slots SET active = 99 WHERE name = 'ctr'")
+        assert store.active_version("ctr") == 99, "the writer sees its own uncommitted change"
+        inside.set()
+        assert done.wait(10)
+        store._db.execute("UPDATE model_slots SET active = 1 WHERE name = 'ctr'")
+    thread.join(10)
+    assert seen == [1, [1]]

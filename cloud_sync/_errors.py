@@ -7,11 +7,33 @@ boundary with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from edge_runtime import ConfigError as _DeviceConfigError
+
 
 class CloudSyncError(Exception):
     """Root of every error raised by cloud_sync."""
 
     exit_code: int = 1
+
+
+class ConfigError(CloudSyncError, _DeviceConfigError):
+    """A sync or cloud setting (a profile's ``[sync]``, a credentials file, a cloud config) is missing or wrong.
+
+    Both a :class:`CloudSyncError` (so an app catching cloud_sync's root sees it) and an
+    :class:`edge_runtime.ConfigError` (same ``file``, ``key``, ``expected`` and ``got`` attributes).
+    """
+
+    exit_code = 2
+
+    @classmethod
+    def translate(cls, exc: _DeviceConfigError) -> ConfigError:
+        """The same error as cloud_sync's own (raise it ``from exc``)."""
+        if isinstance(exc, cls):
+            return exc
+        out = cls.__new__(cls)
+        Exception.__init__(out, *exc.args)
+        out.file, out.key, out.expected, out.got = exc.file, exc.key, exc.expected, exc.got
+        return out
 
 
 # --- protocol -------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ The public API is exactly what ``__all__`` lists; modules whose names start with
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._config import (
     CacheSettings,
     DownloadPolicy,
@@ -39,56 +42,107 @@ from ._errors import (
     UnknownNameError,
     VersionPolicyError,
 )
-from .features import (
-    Aggregation,
-    Entity,
-    EntityRead,
-    FeatureService,
-    FeatureStore,
-    FeatureView,
-    Field,
-    FieldStatus,
-    OnDemandFeatureView,
-    OnlineResponse,
-    RequestSource,
-    StreamFeatureView,
-    WriteListener,
-    load_definitions,
-    on_demand_feature_view,
-)
-from .models import (
-    ActiveModel,
-    Bundle,
-    FeatureInput,
-    HealthCheck,
-    InferenceBackend,
-    KeyPairFiles,
-    Manifest,
-    ModelStore,
-    ModelVersion,
-    Quantization,
-    QuantizeReport,
-    Signature,
-    TensorInfo,
-    TensorSpec,
-    TrustedKeys,
-    available_backends,
-    check_health,
-    generate_keypair,
-    key_id,
-    open_backend,
-    open_bundle,
-    package_bundle,
-    quantize_onnx,
-    sign_bundle,
-    verify_bundle,
-)
-from .serving import (
-    BatchResult,
-    EdgeRuntime,
-    InputStatus,
-    Prediction,
-)
+
+if TYPE_CHECKING:
+    from .features import (
+        Aggregation,
+        Entity,
+        EntityRead,
+        FeatureService,
+        FeatureStore,
+        FeatureView,
+        Field,
+        FieldStatus,
+        OnDemandFeatureView,
+        OnlineResponse,
+        RequestSource,
+        StreamFeatureView,
+        WriteListener,
+        load_definitions,
+        on_demand_feature_view,
+    )
+    from .models import (
+        ActiveModel,
+        Bundle,
+        FeatureInput,
+        HealthCheck,
+        InferenceBackend,
+        KeyPairFiles,
+        Manifest,
+        ModelStore,
+        ModelVersion,
+        Quantization,
+        QuantizeReport,
+        Signature,
+        TensorInfo,
+        TensorSpec,
+        TrustedKeys,
+        available_backends,
+        check_health,
+        generate_keypair,
+        key_id,
+        open_backend,
+        open_bundle,
+        package_bundle,
+        quantize_onnx,
+        sign_bundle,
+        verify_bundle,
+    )
+    from .serving import (
+        BatchResult,
+        EdgeRuntime,
+        InputStatus,
+        Prediction,
+    )
+
+# Names of the three big subpackages load on first use: `import edge_runtime._time` (or cloud_sync's wire format)
+# must not pay for numpy, onnxruntime and the store. Errors and config are light and load at once.
+_LAZY = {
+    "Aggregation": ".features",
+    "Entity": ".features",
+    "EntityRead": ".features",
+    "FeatureService": ".features",
+    "FeatureStore": ".features",
+    "FeatureView": ".features",
+    "Field": ".features",
+    "FieldStatus": ".features",
+    "OnDemandFeatureView": ".features",
+    "OnlineResponse": ".features",
+    "RequestSource": ".features",
+    "StreamFeatureView": ".features",
+    "WriteListener": ".features",
+    "load_definitions": ".features",
+    "on_demand_feature_view": ".features",
+    "ActiveModel": ".models",
+    "Bundle": ".models",
+    "FeatureInput": ".models",
+    "HealthCheck": ".models",
+    "InferenceBackend": ".models",
+    "KeyPairFiles": ".models",
+    "Manifest": ".models",
+    "ModelStore": ".models",
+    "ModelVersion": ".models",
+    "Quantization": ".models",
+    "QuantizeReport": ".models",
+    "Signature": ".models",
+    "TensorInfo": ".models",
+    "TensorSpec": ".models",
+    "TrustedKeys": ".models",
+    "available_backends": ".models",
+    "check_health": ".models",
+    "generate_keypair": ".models",
+    "key_id": ".models",
+    "open_backend": ".models",
+    "open_bundle": ".models",
+    "package_bundle": ".models",
+    "quantize_onnx": ".models",
+    "sign_bundle": ".models",
+    "verify_bundle": ".models",
+    "BatchResult": ".serving",
+    "EdgeRuntime": ".serving",
+    "InputStatus": ".serving",
+    "Prediction": ".serving",
+}
 
 __version__ = "0.1.0"
 
@@ -167,3 +221,16 @@ __all__ = [
     "sign_bundle",
     "verify_bundle",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from cloud_sync._errors import CloudSyncError, DecodeError, InvalidTopicError, MessageTooLargeError
+from cloud_sync._errors import CloudSyncError, ConfigError, DecodeError, InvalidTopicError, MessageTooLargeError
 from cloud_sync.protocol import (
     Codec,
     FeatureBatch,
@@ -139,8 +139,6 @@ class DeviceAgent:
     @classmethod
     def for_runtime(cls, rt: Any, **kwargs: Any) -> DeviceAgent:
         """The agent for an :class:`~edge_runtime.EdgeRuntime` whose profile has a ``[sync]`` section."""
-        from edge_runtime import ConfigError
-
         if rt.config.sync is None:
             raise ConfigError("the profile has no [sync] section", key="sync", expected="a [sync] table")
         outbox = rt.telemetry.outbox if rt.telemetry is not None else None

@@ -35,20 +35,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``cloud-sync agent``."""
+    from cloud_sync._errors import CloudSyncError, ConfigError
     from cloud_sync.cli import _sigterm_as_interrupt
-    from edge_runtime import ConfigError, EdgeRuntime, EdgeRuntimeError, load_config
+    from edge_runtime import EdgeRuntime, EdgeRuntimeError, load_config
 
     try:
         config = load_config(args.config, data_dir=args.data_dir)
         if config.sync is None:
             raise ConfigError("the profile has no [sync] section", file=args.config, key="sync", expected="[sync]")
-    except EdgeRuntimeError as exc:
+    except (EdgeRuntimeError, CloudSyncError) as exc:
         print(f"cloud-sync: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     with _sigterm_as_interrupt():
         try:
             rt = EdgeRuntime(config, start_sync=True)
-        except EdgeRuntimeError as exc:
+        except (EdgeRuntimeError, CloudSyncError) as exc:
             print(f"cloud-sync: error: {exc}", file=sys.stderr)
             return int(getattr(exc, "exit_code", 1))
         agent: Any = rt.agent

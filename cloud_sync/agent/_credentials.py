@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud_sync._errors import ConfigError
+from edge_runtime import ConfigError as DeviceConfigError
 from edge_runtime._toml import TomlTable, load_toml
 
 
@@ -20,12 +22,19 @@ class Credentials:
 
 def load_credentials(path: str | Path) -> Credentials:
     """Read a credentials file; a missing file, bad TOML or a missing/mistyped key raises
-    :class:`~edge_runtime.ConfigError` naming the file and the key.
+    :class:`~cloud_sync.ConfigError` naming the file and the key.
 
     Relative ``ca_file`` paths are relative to the credentials file. The file should be readable by the agent's
     user only (it holds a password); a group- or world-readable file is accepted but logged by the agent.
     """
     p = Path(path)
+    try:
+        return _read_credentials(p)
+    except DeviceConfigError as exc:
+        raise ConfigError.translate(exc) from exc
+
+
+def _read_credentials(p: Path) -> Credentials:
     table = TomlTable(load_toml(p), file=p)
     table.check_unknown({"username", "password", "ca_file"})
     username = table.get("username", str)

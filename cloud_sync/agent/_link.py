@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_runtime._errors import ConfigError
+from cloud_sync._errors import ConfigError
 
 from ._credentials import Credentials
 
@@ -56,7 +56,7 @@ class BrokerAddress:
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``url``; :class:`~edge_runtime.ConfigError` (key ``sync.broker``) when it is not usable."""
+        """Parse ``url``; :class:`~cloud_sync.ConfigError` (key ``sync.broker``) when it is not usable."""
         expected = "mqtt://host:port, mqtts://host:port or unix:///path/to/socket"
         parts = urlsplit(url)
         if parts.scheme == "unix":

@@ -110,3 +110,20 @@ def test_reconnect_delay_is_exponential_capped_and_jittered() -> None:
         assert all(step / 2 <= d <= step for d in delays)
         assert len(set(delays)) > 10  # jittered, not lockstep
     assert link.state is ConnectionState.STOPPED
+
+
+def test_sync_config_errors_are_cloud_sync_errors_too(tmp_path: Path) -> None:
+    """An app catching CloudSyncError used to miss edge_runtime.ConfigError raised by the agent's parsers."""
+    import edge_runtime
+    from cloud_sync import CloudSyncError, ConfigError
+    from cloud_sync.agent import BrokerAddress, load_credentials
+
+    with pytest.raises(CloudSyncError) as exc:
+        BrokerAddress.parse("http://nope")
+    assert isinstance(exc.value, ConfigError) and isinstance(exc.value, edge_runtime.ConfigError)
+    assert exc.value.key == "sync.broker"
+    bad = tmp_path / "creds.toml"
+    bad.write_text('username = "dev-a"\n')
+    with pytest.raises(CloudSyncError) as exc:
+        load_credentials(bad)
+    assert isinstance(exc.value, ConfigError) and exc.value.key == "password" and exc.value.file == str(bad)

@@ -25,6 +25,7 @@ from edge_runtime.serving._components import RuntimeComponent, component_factory
 from edge_runtime.serving._modes import predict_cached, predict_online, predict_precomputed
 from edge_runtime.serving._plan import ModelPlan, compile_plan
 from edge_runtime.serving._prediction import InputStatus, Prediction
+from edge_runtime.serving._recompute import RecomputeWorker
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class EdgeRuntime:
         self._closed = False
         self._plans: dict[str, ModelPlan] = {}
         self._plan_lock = threading.Lock()
+        self._recompute_worker = RecomputeWorker(self._recompute_written)
         self.features.add_write_listener(self._on_feature_write)
         self._scheduler = BatchScheduler(self)
         for m in config.models:
@@ -204,8 +206,16 @@ class EdgeRuntime:
         return self._cache
 
     def _on_feature_write(self, view: str, keys: list[tuple[Any, ...]]) -> None:
-        """Recompute cached predictions of the written entities, for models configured with on_write=recompute.
-        (Invalidation itself happens in SQLite triggers, inside the write's own transaction.)"""
+        """After a write commits: queue the written keys for models configured with on_write=recompute, so the
+        writer (an app, the sync agent) returns at once. (Invalidation itself happens in SQLite triggers, inside
+        the write's own transaction.)"""
+        for plan in list(self._plans.values()):
+            if plan.on_write is OnWrite.RECOMPUTE and plan.cache is not None and view in plan.dep_views:
+                self._recompute_worker.submit(view, keys)
+                return
+
+    def _recompute_written(self, view: str, keys: list[tuple[Any, ...]]) -> None:
+        """On the recompute worker: refresh the cached predictions of ``keys`` for every model that wants it."""
         for plan in list(self._plans.values()):
             if plan.on_write is not OnWrite.RECOMPUTE or plan.cache is None or view not in plan.dep_views:
                 continue
@@ -219,6 +229,10 @@ class EdgeRuntime:
                 predict_cached(self, plan, rows, None)
             except Exception:
                 log.exception("recomputing cached predictions of %s after a write to %s failed", plan.name, view)
+
+    def wait_for_recompute(self, timeout: float | None = 10.0) -> bool:
+        """Block until predictions queued for recompute-on-write are cached; False if ``timeout`` passed first."""
+        return self._recompute_worker.wait_idle(timeout)
 
     def now_us(self) -> int:
         """The runtime clock's current time in epoch microseconds."""
@@ -315,6 +329,7 @@ class EdgeRuntime:
             return
         self._closed = True
         self._scheduler.stop()
+        self._recompute_worker.stop()
         for name, component in reversed(list(self._components.items())):
             try:
                 component.stop()

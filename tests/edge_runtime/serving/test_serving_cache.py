@@ -118,12 +118,13 @@ def test_a_new_model_version_invalidates(tmp_path: Path, clock: Clock) -> None:
         assert (p.version, p.cached) == (1, [False])
 
 
-def test_recompute_on_write_refreshes_the_cache_in_the_writer(tmp_path: Path, clock: Clock) -> None:
+def test_recompute_on_write_refreshes_the_cache_after_the_write(tmp_path: Path, clock: Clock) -> None:
     with cached_runtime(tmp_path, clock, on_write=OnWrite.RECOMPUTE) as rt:
         rt.predict("ctr", [{"user_id": 10}])
         rt.features.write_to_online_store("user_data", [user_row(10, clock(), number_of_clicks=90)])
+        assert rt.wait_for_recompute(10)
         p = rt.predict("ctr", [{"user_id": 10}])
-        assert p.cached == [True], "the data producer's write already recomputed the prediction"
+        assert p.cached == [True], "the runtime's worker recomputed the prediction after the write"
         online = rt.predict("ctr", [{"user_id": 10}], mode="online")
         np.testing.assert_allclose(p.output, online.output, rtol=1e-6)
 
@@ -197,3 +198,32 @@ def test_composite_keys_use_row_value_lookups(tmp_path: Path) -> None:
     assert np.frombuffer(found[((2, 3), "")], np.float32)[0] == 23
     assert model.get_many([((1, 1), "")], 2, 0) == {}  # another version
     cache.close()
+
+
+def test_recompute_on_write_runs_off_the_writers_thread(tmp_path: Path, clock: Clock) -> None:
+    """The writer (an app, the sync agent's only worker) returns after its commit; the model runs elsewhere."""
+    import threading
+
+    from edge_runtime.serving import _modes
+
+    with cached_runtime(tmp_path, clock, on_write=OnWrite.RECOMPUTE) as rt:
+        rt.predict("ctr", [{"user_id": 11}])
+        threads: list[str] = []
+        real = _modes.predict_cached
+
+        def spy(*args: object, **kwargs: object) -> object:
+            threads.append(threading.current_thread().name)
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        import edge_runtime.serving._runtime as runtime_module
+
+        runtime_module.predict_cached = spy  # type: ignore[assignment]
+        try:
+            rt.features.write_to_online_store("user_data", [user_row(i, clock(), number_of_clicks=3) for i in (11, 12)])
+            writer = threading.current_thread().name
+            assert rt.wait_for_recompute(10)
+            assert writer not in threads, "nothing ran the model on the writer's thread"
+        finally:
+            runtime_module.predict_cached = real
+        assert threads == ["edge-runtime-recompute"], "one coalesced recompute on the runtime's worker"
+        assert rt.predict("ctr", [{"user_id": 11}, {"user_id": 12}]).cached == [True, True]

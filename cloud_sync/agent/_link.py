@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -177,7 +178,7 @@ class Link:
         if self.protocol != mqtt.MQTTv5:
             kwargs["clean_session"] = False
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=self.protocol,
             transport=self.address.transport,  # type: ignore[arg-type]

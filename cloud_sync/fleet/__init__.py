@@ -19,15 +19,16 @@ if TYPE_CHECKING:
     from ._converge import Convergence, Timeline
     from ._device import DeviceSpec, RemoteDevice, SimDevice, ThreadDevice
     from ._errors import ConditionTimeout, FleetError
-    from ._fleet import SIM_VIEW, Fleet
+    from ._fleet import Fleet
     from ._models import build_model
+    from ._observe import SIM_VIEW
     from ._proxy import DeviceProxy, ProxyHub, Upstream
     from ._scenarios import SCENARIOS, ScenarioResult, run_scenario
     from ._truth import RowDiff, Truth
     from ._wait import wait_until
 
 _LAZY = {
-    "SIM_VIEW": "._fleet",
+    "SIM_VIEW": "._observe",
     "SCENARIOS": "._scenarios",
     "ConditionTimeout": "._errors",
     "Convergence": "._converge",

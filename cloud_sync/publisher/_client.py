@@ -46,6 +46,7 @@ class CloudConnection:
         inbox: queue.Queue[Inbound] | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.config = config
         self.inbox: queue.Queue[Inbound] = inbox if inbox is not None else queue.Queue()
@@ -53,7 +54,7 @@ class CloudConnection:
         self._persistent = persistent
         client_id = config.client_id if persistent else f"cloud-sync-{uuid.uuid4().hex[:12]}"
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
             transport=config.transport,  # type: ignore[arg-type]

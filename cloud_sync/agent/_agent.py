@@ -34,11 +34,13 @@ from cloud_sync.protocol import (
     to_envelope,
     validate_device_id,
 )
+from edge_runtime import FeatureStore, ModelStore, RuntimeSettings, SyncSettings
+from edge_runtime.models import runnable_formats
 
 from ._credentials import Credentials, load_credentials
 from ._features import FeatureSync
 from ._link import _PROTOCOL_REFUSED, BrokerAddress, ConnectionState, Event, Link
-from ._models import ModelSync, runnable_formats
+from ._models import ModelSync
 from ._policy import DownloadGate
 from ._state import AgentState
 
@@ -67,13 +69,13 @@ class DeviceAgent:
 
     def __init__(
         self,
-        settings: Any,
+        settings: SyncSettings,
         *,
-        features: Any,
-        models: Any,
+        features: FeatureStore,
+        models: ModelStore,
         data_dir: str | Path,
         outbox: Any = None,
-        variant_preference: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite-int8", "tflite-fp32"),
+        variant_preference: tuple[str, ...] = RuntimeSettings().variant_preference,
         credentials: Credentials | None = None,
         wall_clock: Any = time.time,
         codec: Codec | None = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_sync.protocol import InstallReport, ModelChunk, ModelChunkRequest, ModelManifestMessage
+from edge_runtime.models import runnable_formats
 
 from ._policy import DownloadGate
 from ._state import AgentState
@@ -30,7 +31,6 @@ WINDOW = 16
 CHUNK_TIMEOUT_S = 2.0
 #: Offers of one model arriving within this long of each other are compared before one is chosen.
 SETTLE_S = 0.3
-_FORMAT_BACKENDS = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime")}
 
 Sender = Callable[[Any, str | None], None]
 
@@ -113,14 +113,6 @@ def verify_offer(msg: ModelManifestMessage, trusted: Any, *, now: float) -> tupl
     variant = str(meta.get("variant") or f"{manifest.format}-fp32")
     log.debug("manifest %s v%s signed by %s", manifest.name, manifest.version, key)
     return manifest, variant
-
-
-def runnable_formats() -> set[str]:
-    """Model formats some backend on this device can run."""
-    from edge_runtime.models import available_backends
-
-    avail = available_backends()
-    return {fmt for fmt, names in _FORMAT_BACKENDS.items() if any(avail.get(n) for n in names)}
 
 
 class ModelSync:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import RuntimeSettings
+
 from ._clock import SkewedClock
 from ._errors import FleetError
 
@@ -30,7 +32,7 @@ class DeviceSpec:
     ca_file: Path | None = None
     definitions: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
-    variant_preference: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite-int8", "tflite-fp32")
+    variant_preference: tuple[str, ...] = RuntimeSettings().variant_preference
     topic_prefix: str = "edge"
     keepalive_s: int = 10
     reconnect_min_s: float = 0.2

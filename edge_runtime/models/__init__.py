@@ -6,7 +6,7 @@ A bundle is a directory (or ``.tar.gz``) with ``manifest.json``, the model file 
 """
 
 from ._active import ActiveModel
-from ._backend import InferenceBackend, TensorSpec, available_backends, open_backend
+from ._backend import InferenceBackend, TensorSpec, available_backends, open_backend, runnable_formats
 from ._bundle import Bundle, check_health, open_bundle, package_bundle, verify_bundle
 from ._manifest import FeatureInput, HealthCheck, Manifest, Quantization, TensorInfo
 from ._quantize import QuantizeReport, quantize_onnx
@@ -38,6 +38,7 @@ __all__ = [
     "open_bundle",
     "package_bundle",
     "quantize_onnx",
+    "runnable_formats",
     "sign_bundle",
     "verify_bundle",
 ]

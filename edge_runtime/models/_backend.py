@@ -183,6 +183,12 @@ def available_backends() -> dict[str, bool]:
     return result
 
 
+def runnable_formats() -> set[str]:
+    """Model formats (``onnx``, ``tflite``) that some backend available here can run."""
+    avail = available_backends()
+    return {fmt for fmt, names in FORMAT_BACKENDS.items() if any(avail.get(n) for n in names)}
+
+
 # --- input checks shared by the backends ---------------------------------------------------------------------
 
 

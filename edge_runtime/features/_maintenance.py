@@ -46,12 +46,11 @@ def read_state(conn: sqlite3.Connection, key: str, default: Any) -> Any:
     return default if found is None else json.loads(found[0])
 
 
-def evict(conn: sqlite3.Connection, view: FeatureView, want_keys: bool) -> list[tuple[Any, ...]]:
-    """Delete the least recently written entities beyond ``view.max_rows``; returns their keys if asked."""
-    assert view.max_rows is not None
+def evict(conn: sqlite3.Connection, view: FeatureView, limit: int, want_keys: bool) -> list[tuple[Any, ...]]:
+    """Delete the least recently written entities beyond ``limit`` rows; returns their keys if asked."""
     table = view_table(view.name)
     count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    excess = count - view.max_rows
+    excess = count - limit
     if excess <= 0:
         return []
     keys = ", ".join(quote_ident(k) for k in view.join_keys)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import FeatureStoreError, StoreClosedError, UnknownNameError
+from edge_runtime._errors import ConfigError, FeatureStoreError, StoreClosedError, UnknownNameError
 from edge_runtime._sqlite import connect, migrate, quote_ident, transaction
 from edge_runtime._time import Clock
 
@@ -55,7 +55,16 @@ class FeatureStore:
     evaluated against it, so tests can move time.
     """
 
-    def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+    def __init__(self, path: str | Path, *, clock: Clock | None = None, max_rows_per_view: int | None = None) -> None:
+        if max_rows_per_view is not None and (isinstance(max_rows_per_view, bool) or max_rows_per_view < 1):
+            raise ConfigError(
+                "must be a positive number of rows",
+                key="max_rows_per_view",
+                expected="an int >= 1 or None",
+                got=max_rows_per_view,
+            )
+        #: the device's row budget for every view (a view's own ``max_rows`` may be smaller); None = no budget
+        self.max_rows_per_view = max_rows_per_view
         self.path = path if str(path) == ":memory:" else Path(path)
         self._clock: Clock = clock or time.time
         self._memory = str(path) == ":memory:"
@@ -101,6 +110,11 @@ class FeatureStore:
 
     def _now_us(self) -> int:
         return round(self._clock() * 1_000_000)
+
+    def _row_limit(self, view: FeatureView) -> int | None:
+        """The row budget of ``view``: the smaller of its own ``max_rows`` and the device's budget."""
+        limits = [n for n in (view.max_rows, self.max_rows_per_view) if n is not None]
+        return min(limits) if limits else None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -232,7 +246,8 @@ class FeatureStore:
             with transaction(w):
                 written = self._next_written_us(w)
                 w.executemany(sql, zip(*encoded, repeat(written)))
-                evicted = evict(w, v, want) if v.max_rows is not None else []
+                limit = self._row_limit(v)
+                evicted = evict(w, v, limit, want) if limit is not None else []
                 write_state(w, state_rows, written)
         if want:
             keys = list(dict.fromkeys(zip(*encoded[: len(v.join_keys)], strict=False)))
@@ -314,8 +329,9 @@ class FeatureStore:
                         cols_sql = ", ".join(quote_ident(k) for k in v.join_keys)
                         keys = [tuple(r) for r in w.execute(f"SELECT {cols_sql} FROM {staging_table(view)}")]
                     swap_in(w, v, written)
-                    if v.max_rows is not None:
-                        evict(w, v, False)
+                    limit = self._row_limit(v)
+                    if limit is not None:
+                        evict(w, v, limit, False)
                 write_state(w, state_rows, written)
         if keys:
             self._notify({view: keys})

@@ -53,7 +53,9 @@ class EdgeRuntime:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._closers: list[Any] = []
         try:
-            self.features = FeatureStore(self.data_dir / FEATURES_DB, clock=self._clock)
+            self.features = FeatureStore(
+                self.data_dir / FEATURES_DB, clock=self._clock, max_rows_per_view=config.cache.max_rows_per_view
+            )
             self._closers.append(self.features)
             if config.definitions is not None:
                 self.features.apply(load_definitions(config.definitions))

@@ -167,3 +167,32 @@ def test_eviction_is_reported_to_listeners(tmp_path, user, clock):
         s.write_to_online_store("small", [{"user_id": i, "x": i, "event_timestamp": T0} for i in (1, 2)])
         s.write_to_online_store("small", [{"user_id": 3, "x": 3, "event_timestamp": T0}])
         assert seen[-1] == [(3,), (1,)]  # written, then evicted
+
+
+def test_the_profiles_max_rows_per_view_is_enforced(tmp_path, clock):
+    """cache.max_rows_per_view was parsed from the profile and never applied: a 50,000-row budget stored 100,000."""
+    from pathlib import Path
+
+    from edge_runtime import CacheSettings, EdgeRuntime, RuntimeConfig
+
+    root = Path(__file__).resolve().parents[3]
+    config = RuntimeConfig(
+        data_dir=tmp_path / "d",
+        definitions=root / "models" / "definitions.toml",
+        cache=CacheSettings(max_rows_per_view=50),
+    )
+    with EdgeRuntime(config, clock=clock) as rt:
+        rows = [{"user_id": i, "click_through_rate": 0.1, "event_timestamp": T0 - 200 + i} for i in range(120)]
+        rt.features.write_to_online_store("user_data", rows[:80])
+        rt.features.write_to_online_store("user_data", rows[80:])
+        assert len(rt.features.list_entities("user_data")) == 50
+        ids = _ids(rt.features, "user_data")
+        assert 119 in ids and 0 not in ids, "the least recently written rows went first"
+
+
+def test_a_views_own_smaller_max_rows_still_wins(tmp_path, user, clock):
+    fv = FeatureView(name="v", entities=[user], schema=[Field(name="x", dtype="float32")], max_rows=10)
+    with FeatureStore(tmp_path / "f.db", clock=clock, max_rows_per_view=100) as s:
+        s.apply([fv])
+        s.write_to_online_store("v", [{"user_id": i, "x": 1.0, "event_timestamp": T0} for i in range(30)])
+        assert len(s.list_entities("v")) == 10

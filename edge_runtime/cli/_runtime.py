@@ -74,6 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--allow-remote", action="store_true", help="allow a non-loopback --host (the API has no authentication)"
     )
     p.add_argument("--threads", type=int, default=4, help="request worker threads (default 4)")
+    p.add_argument("--connection-limit", type=int, default=512, help="open connections served at once (default 512)")
+    p.add_argument(
+        "--idle-timeout",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="close a connection that sends no complete request for this long (default 10)",
+    )
     p.add_argument("--no-sync", action="store_true", help="do not start the profile's sync agent")
     p.set_defaults(handler=_serve)
 
@@ -400,6 +408,8 @@ def _serve(args: argparse.Namespace) -> int:
             unix_socket=args.unix_socket,
             allow_remote=args.allow_remote,
             threads=args.threads,
+            connection_limit=args.connection_limit,
+            idle_timeout_s=args.idle_timeout,
         )
 
         def _terminate(signum: int, frame: Any) -> None:

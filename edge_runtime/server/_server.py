@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
+#: Open connections served at once. waitress's default (100) let 110 idle loopback connections lock every client
+#: out; beyond the limit waitress stops accepting, so the limit is high and idle connections are closed early.
+DEFAULT_CONNECTION_LIMIT = 512
+#: Seconds a connection may sit without sending a complete request (waitress's default is 120).
+DEFAULT_IDLE_TIMEOUT_S = 10
+#: Request line plus headers (waitress's default is 256 KiB; our requests need a few hundred bytes).
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +57,9 @@ class LocalServer:
         allow_remote: bool = False,
         threads: int = 4,
         max_body: int = DEFAULT_MAX_BODY,
+        connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+        idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         try:
             from waitress import wasyncore
@@ -72,6 +83,13 @@ class LocalServer:
             raise ConfigError("port out of range", key="port", expected="0..65535", got=port)
         if threads < 1:
             raise ConfigError("threads must be at least 1", key="threads", expected=">= 1", got=threads)
+        for key, value, low in (
+            ("connection_limit", connection_limit, 1),
+            ("idle_timeout_s", idle_timeout_s, 1),
+            ("max_header_bytes", max_header_bytes, 1024),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{key} is too small", key=key, expected=f"an int >= {low}", got=value)
         self.runtime = runtime
         self.unix_socket = Path(unix_socket) if unix_socket is not None else None
         hosts = None if (allow_remote or self.unix_socket is not None) else ("localhost", "127.0.0.1", "::1", host)
@@ -82,6 +100,12 @@ class LocalServer:
             "clear_untrusted_proxy_headers": True,
             # waitress buffers a whole body before the app sees it: its limit is what protects memory.
             "max_request_body_size": max_body,
+            "max_request_header_size": max_header_bytes,
+            "connection_limit": connection_limit,
+            "channel_timeout": idle_timeout_s,
+            "cleanup_interval": max(1, min(30, idle_timeout_s // 2)),
+            # select() fails on descriptors >= 1024, which a high connection limit can reach.
+            "asyncore_use_poll": True,
         }
         # Our own socket map and dispatcher: when binding fails, waitress leaves both behind (open sockets,
         # worker threads); with them in hand they can be closed.
@@ -90,8 +114,7 @@ class LocalServer:
         dispatcher.set_thread_count(threads)
         try:
             if self.unix_socket is not None:
-                if self.unix_socket.is_socket():
-                    self.unix_socket.unlink()  # left behind by a server that was killed
+                _remove_stale_socket(self.unix_socket)
                 self._server: Any = create_server(
                     self.app,
                     map=sock_map,
@@ -171,3 +194,27 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Unlink a socket file left behind by a server that was killed; refuse when a live server listens on it
+    (unlinking would orphan that server: its clients could no longer reach it)."""
+    if not path.is_socket():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # nobody listens: stale
+        return
+    except OSError:
+        pass  # e.g. a timeout: something holds it; do not take it
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"another server is already listening on {path}",
+        key="unix_socket",
+        expected="a socket path no running server uses (stop the other server, or choose another path)",
+        got=str(path),
+    )

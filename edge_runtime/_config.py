@@ -202,15 +202,42 @@ class TelemetrySettings:
     """Private, aggregate-only telemetry. Off unless a profile opts in."""
 
     enabled: bool = False
-    #: length of one reporting period in seconds
+    #: length of one reporting period in seconds (at least 300)
     period_s: float = 3600.0
-    #: Laplace-noise privacy budget per period (smaller = noisier); None = no noise
-    epsilon: float | None = None
+    #: Laplace-noise privacy budget per report (smaller = noisier); None = no noise (Python only; a profile says
+    #: ``noise = false``)
+    epsilon: float | None = 1.0
+    #: the fewest predictions one model's report may describe (fewer are held back for a later period)
+    min_predictions: int = 20
+    #: the ε all of one UTC day's reports may spend together; reports past it wait for the next day
+    epsilon_per_day: float = 24.0
 
     def __post_init__(self) -> None:
-        _require(self.period_s >= 1, "telemetry.period_s", "must be at least 1 second", ">= 1", self.period_s)
+        from ._telemetry import MIN_PERIOD_S, MIN_PREDICTIONS
+
+        _require(
+            self.period_s >= MIN_PERIOD_S,
+            "telemetry.period_s",
+            f"must be at least {MIN_PERIOD_S:g} seconds, so one report never describes one prediction",
+            f">= {MIN_PERIOD_S:g}",
+            self.period_s,
+        )
+        _require(
+            self.min_predictions >= MIN_PREDICTIONS,
+            "telemetry.min_predictions",
+            f"must be at least {MIN_PREDICTIONS}",
+            f">= {MIN_PREDICTIONS}",
+            self.min_predictions,
+        )
         if self.epsilon is not None:
             _require(self.epsilon > 0, "telemetry.epsilon", "must be positive", "a number > 0", self.epsilon)
+            _require(
+                self.epsilon_per_day >= self.epsilon,
+                "telemetry.epsilon_per_day",
+                "must allow at least one report",
+                f">= epsilon ({self.epsilon})",
+                self.epsilon_per_day,
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,11 +340,13 @@ def _parse(root: TomlTable, path: Path, data_dir: str | Path | None) -> RuntimeC
         prediction_cache_max_rows=ca.get("prediction_cache_max_rows", int, 100_000),
     )
     te = root.table("telemetry")
-    te.check_unknown({"enabled", "period_s", "epsilon"})
+    te.check_unknown({"enabled", "period_s", "epsilon", "noise", "min_predictions", "epsilon_per_day"})
     telemetry = TelemetrySettings(
         enabled=te.get("enabled", bool, False),
         period_s=te.get("period_s", float, 3600.0),
-        epsilon=te.get("epsilon", float, None),
+        epsilon=te.get("epsilon", float, 1.0) if te.get("noise", bool, True) else None,
+        min_predictions=te.get("min_predictions", int, 20),
+        epsilon_per_day=te.get("epsilon_per_day", float, 24.0),
     )
     sync = _parse_sync(root, path) if "sync" in root.data else None
     models = tuple(_parse_model(t) for t in root.tables("models"))

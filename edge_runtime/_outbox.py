@@ -28,6 +28,12 @@ _MIGRATIONS = (
             " payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_attempt_us INTEGER)"
         ),
     ),
+    # The differential-privacy budget spent per UTC day, kept beside the reports it paid for so a restart (or a
+    # crash between the two writes) can never renew it.
+    Migration(
+        "0002_privacy_budget",
+        lambda c: c.execute("CREATE TABLE privacy_budget (day TEXT PRIMARY KEY, spent REAL NOT NULL)"),
+    ),
 )
 
 
@@ -71,6 +77,34 @@ class Outbox:
                 (self.max_rows,),
             )
         return item_id
+
+    def put_within_budget(
+        self, kind: str, payload: dict[str, Any], *, day: str, cost: float, budget: float
+    ) -> str | None:
+        """Queue ``payload`` and charge ``cost`` to ``day``'s privacy budget in one transaction; None (nothing
+        written, nothing charged) when the charge would take the day past ``budget``."""
+        item_id = uuid.uuid4().hex
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        with self._lock, transaction(self._db()) as db:
+            row = db.execute("SELECT spent FROM privacy_budget WHERE day = ?", (day,)).fetchone()
+            spent = row[0] if row else 0.0
+            if spent + cost > budget + 1e-9:
+                return None
+            db.execute(
+                "INSERT INTO privacy_budget (day, spent) VALUES (?, ?) ON CONFLICT(day) DO UPDATE SET spent = ?",
+                (day, spent + cost, spent + cost),
+            )
+            db.execute(
+                "INSERT INTO outbox (id, kind, created_us, payload) VALUES (?, ?, ?, ?)",
+                (item_id, kind, now_us(), body),
+            )
+        return item_id
+
+    def epsilon_spent(self, day: str) -> float:
+        """The privacy budget charged to ``day`` (UTC, ``YYYY-MM-DD``) so far."""
+        with self._lock:
+            row = self._db().execute("SELECT spent FROM privacy_budget WHERE day = ?", (day,)).fetchone()
+        return float(row[0]) if row else 0.0
 
     def pending(self, limit: int = 100) -> list[OutboxItem]:
         """The oldest ``limit`` unsent items; each call counts as a send attempt for them."""

@@ -5,6 +5,11 @@ of the first output value, counts of missing / expired / defaulted input feature
 never recorded: feature values, inputs, individual outputs, entity ids or request data — the recorder's API does
 not accept them. With ``epsilon`` set, Laplace noise calibrated to one prediction's total contribution is added to
 every count of a period's report before it reaches the outbox (local differential privacy per period).
+
+The privacy floor: a period lasts at least ``MIN_PERIOD_S``; a model's report holds at least ``min_predictions``
+predictions (fewer are held back and reported with a later period, so one report never describes one request);
+noise is on by default, and the ε a day's reports spend is accounted in the outbox database against
+``epsilon_per_day`` — a report that would overspend waits for the next UTC day, and a restart renews nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25
 OUTPUT_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 STATUS_KEYS = ("missing", "expired", "defaulted")
+#: The shortest reporting period allowed, in seconds.
+MIN_PERIOD_S = 300.0
+#: The fewest predictions one model's report may describe.
+MIN_PREDICTIONS = 10
 
 
 @dataclass
@@ -49,14 +58,31 @@ class TelemetryRecorder:
         outbox: Outbox,
         *,
         period_s: float = 3600.0,
-        epsilon: float | None = None,
+        epsilon: float | None = 1.0,
+        min_predictions: int = 20,
+        epsilon_per_day: float = 24.0,
         clock: Clock | None = None,
     ) -> None:
         import time
 
+        from ._errors import ConfigError
+
+        if period_s < MIN_PERIOD_S:
+            raise ConfigError("too short a period", key="period_s", expected=f">= {MIN_PERIOD_S:g}", got=period_s)
+        if min_predictions < MIN_PREDICTIONS:
+            raise ConfigError(
+                "too few predictions per report",
+                key="min_predictions",
+                expected=f">= {MIN_PREDICTIONS}",
+                got=min_predictions,
+            )
         self.outbox = outbox
         self.period_s = period_s
         self.epsilon = epsilon
+        self.min_predictions = min_predictions
+        self.epsilon_per_day = epsilon_per_day
+        #: reports held back because the day's ε budget was spent (counted, for status)
+        self.withheld_for_budget = 0
         self._clock: Clock = clock or time.time
         self._lock = threading.Lock()
         self._stats: dict[str, _ModelStats] = {}
@@ -99,15 +125,36 @@ class TelemetryRecorder:
             return None
         return self.flush()
 
+    def day(self) -> str:
+        """Today's UTC date (``YYYY-MM-DD``) by the recorder's clock: the unit of the ε budget."""
+        import datetime as dt
+
+        return dt.datetime.fromtimestamp(self._clock(), tz=dt.timezone.utc).strftime("%Y-%m-%d")
+
     def flush(self) -> str | None:
-        """End the current period now: write its report to the outbox (None when nothing was recorded)."""
+        """End the current period now: write its report to the outbox. None when there is nothing to report:
+        nothing recorded, fewer than ``min_predictions`` per model (held back for a later period), or the day's
+        ε budget spent (held back for the next day)."""
         end = now_us(self._clock)
         with self._lock:
-            stats, self._stats = self._stats, {}
-            start, self._period_start_us = self._period_start_us, end
-        if not stats:
-            return None
-        return self.outbox.put("telemetry", self._report(stats, start, end))
+            ready = {n: s for n, s in self._stats.items() if s.predictions >= self.min_predictions}
+            if not ready:
+                return None
+            held = {n: s for n, s in self._stats.items() if n not in ready}
+            start = self._period_start_us
+            report = self._report(ready, start, end)
+            item: str | None
+            if self.epsilon is None:
+                item = self.outbox.put("telemetry", report)
+            else:
+                item = self.outbox.put_within_budget(
+                    "telemetry", report, day=self.day(), cost=self.epsilon, budget=self.epsilon_per_day
+                )
+                if item is None:
+                    self.withheld_for_budget += 1
+                    return None
+            self._stats, self._period_start_us = held, end
+        return item
 
     def _report(self, stats: dict[str, _ModelStats], start: int, end: int) -> dict[str, Any]:
         models = {}

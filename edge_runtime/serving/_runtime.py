@@ -78,7 +78,12 @@ class EdgeRuntime:
                 outbox = Outbox(self.data_dir / TELEMETRY_DB)
                 self._closers.append(outbox)
                 self.telemetry = TelemetryRecorder(
-                    outbox, period_s=config.telemetry.period_s, epsilon=config.telemetry.epsilon, clock=self._clock
+                    outbox,
+                    period_s=config.telemetry.period_s,
+                    epsilon=config.telemetry.epsilon,
+                    min_predictions=config.telemetry.min_predictions,
+                    epsilon_per_day=config.telemetry.epsilon_per_day,
+                    clock=self._clock,
                 )
         except BaseException:
             self._close_all()

@@ -194,7 +194,9 @@ def test_telemetry_is_opt_in_and_aggregate_only(tmp_path: Path, clock: Clock) ->
         rt.predict("ctr", [{"user_id": 1}])
         assert rt.telemetry is None
         assert not (tmp_path / "off" / "telemetry.db").exists()
-    with make_runtime(tmp_path / "on", clock, telemetry=TelemetrySettings(enabled=True, period_s=60)) as rt:
+    with make_runtime(
+        tmp_path / "on", clock, telemetry=TelemetrySettings(enabled=True, period_s=300, epsilon=None)
+    ) as rt:
         for i in range(1, 11):
             rt.predict("ctr", [{"user_id": i}, {"user_id": 10_000 + i}])
         assert rt.telemetry is not None

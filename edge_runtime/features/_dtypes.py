@@ -118,6 +118,8 @@ class DType:
             return col
         if kind == "bool":
             return [None if v is None else int(v) for v in col]
+        if kind == "string" and not texts_ok(col):
+            return self._encode_slow(col, allow_nan=allow_nan, nullable=True)
         return col
 
     def _encode_slow(self, col: list[Any], *, allow_nan: bool, nullable: bool) -> list[Any]:
@@ -168,7 +170,8 @@ class DType:
         if kind == "string":
             if not isinstance(v, str):
                 raise ValueError(f"expected a string, got {_describe(v)}")
-            return v
+            check_text(v)
+            return str(v)
         if kind == "bytes":
             if not isinstance(v, (bytes, bytearray, memoryview)):
                 raise ValueError(f"expected bytes, got {_describe(v)}")
@@ -280,6 +283,25 @@ def parse_dtype(text: object) -> DType:
     raise ValueError(f"unknown dtype {text!r}; expected one of {', '.join(SCALAR_DTYPES)} or float32[N]")
 
 
+def check_text(v: str) -> None:
+    """Refuse a string SQLite cannot store: one holding a surrogate code point (not valid UTF-8)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"string holds the lone surrogate {v[exc.start]!r} at position {exc.start}; expected valid Unicode text"
+        ) from None
+
+
+def texts_ok(col: list[Any]) -> bool:
+    """True when every str in ``col`` encodes as UTF-8 (one C-level pass for the whole column)."""
+    try:
+        "".join(v for v in col if type(v) is str).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_key_value(v: Any) -> Any:
     """A join-key value as stored: an int (int64 range) or a string; raises ``ValueError`` otherwise."""
     t = type(v)
@@ -288,8 +310,7 @@ def check_key_value(v: Any) -> Any:
         if not _INT64_MIN <= iv <= _INT64_MAX:
             raise ValueError(f"join key {iv} is out of the int64 range")
         return iv
-    if t is str:
-        return v
-    if isinstance(v, np.str_):
+    if t is str or isinstance(v, np.str_):
+        check_text(str(v))
         return str(v)
     raise ValueError(f"a join key must be an int or a string, got {_describe(v)}")

@@ -25,7 +25,7 @@ _INT64_MAX = 2**63 - 1
 _F32_MAX = float(np.finfo(np.float32).max)
 NAN_REFUSED = "NaN is not allowed here (declare the field with allow_nan=True)"
 #: ``allow_nan`` is the field's one switch for non-finite values: it admits NaN and +-inf alike.
-INF_REFUSED = "inf is not allowed here (values must be finite; declare the field with allow_nan=True to allow NaN and inf)"
+INF_REFUSED = "inf is not allowed here (values must be finite; declare the field with allow_nan=True to allow inf)"
 
 
 class ValueCheckError(ValueError):

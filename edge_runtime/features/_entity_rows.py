@@ -73,7 +73,7 @@ def key_column(cols: dict[str, list[Any]], key: str, n: int) -> list[Any]:
             return []
         raise EntityRowError(f"join key {key!r} is missing", row=0, column=key)
     types = set(map(type, col))
-    if (types == {str} and texts_ok(col)) or (types == {int} and _INT64_MIN <= min(col) and max(col) <= _INT64_MAX):
+    if (types == {str} and texts_ok(col)) or (types == {int} and min(col) >= _INT64_MIN and max(col) <= _INT64_MAX):
         return col
     out = []
     for i, v in enumerate(col):

@@ -31,7 +31,9 @@ def test_views_differing_only_in_case_are_refused(tmp_path, clock, user):
 
 def test_fields_and_keys_differing_only_in_case_are_refused(user):
     with pytest.raises(DefinitionError, match=r"'AGE'.*'age'"):
-        FeatureView(name="v", entities=[user], schema=[Field(name="age", dtype="int64"), Field(name="AGE", dtype="int64")])
+        FeatureView(
+            name="v", entities=[user], schema=[Field(name="age", dtype="int64"), Field(name="AGE", dtype="int64")]
+        )
     with pytest.raises(DefinitionError, match=r"'USER_ID'.*'user_id'"):
         FeatureView(name="v", entities=[user], schema=[Field(name="USER_ID", dtype="int64")])
     with pytest.raises(DefinitionError, match=r"reserved"):
@@ -103,7 +105,13 @@ def test_lone_surrogate_keys_are_refused(tmp_path, clock):
     with FeatureStore(tmp_path / "f.db", clock=clock) as s:
         s.apply([fv])
         with pytest.raises(RowValidationError, match="surrogate") as err:
-            s.write_to_online_store("d", [{"device_id": "a", "n": 1, "event_timestamp": T0}, {"device_id": "\ud800", "n": 1, "event_timestamp": T0}])
+            s.write_to_online_store(
+                "d",
+                [
+                    {"device_id": "a", "n": 1, "event_timestamp": T0},
+                    {"device_id": "\ud800", "n": 1, "event_timestamp": T0},
+                ],
+            )
         assert (err.value.row, err.value.column) == (1, "device_id")
         with pytest.raises(RowValidationError, match="surrogate") as err:
             s.get_online_features(["d:n"], [{"device_id": "a"}, {"device_id": "\udfff"}])

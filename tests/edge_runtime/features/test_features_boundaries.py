@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 from _fs_helpers import T0, row
 
-from edge_runtime import Entity, FeatureStore, FeatureView, Field
+from edge_runtime import Aggregation, Entity, FeatureStore, FeatureView, Field, StreamFeatureView
 from edge_runtime._errors import DefinitionError, RowValidationError
 
 
@@ -19,14 +21,41 @@ def _count(store) -> int:
 
 def test_views_differing_only_in_case_are_refused(tmp_path, clock, user):
     lower = FeatureView(name="scores", entities=[user], schema=[Field(name="x", dtype="int64")], ttl=60)
-    upper = FeatureView(name="SCORES", entities=[user], schema=[Field(name="x", dtype="int64")])
+    upper = FeatureView(
+        name="SCORES", entities=[user], schema=[Field(name="x", dtype="int64"), Field(name="y", dtype="int64")]
+    )
     with FeatureStore(tmp_path / "f.db", clock=clock) as s:
         with pytest.raises(DefinitionError, match=r"'SCORES'.*'scores'|'scores'.*'SCORES'"):
             s.apply([lower, upper])
         s.apply([lower])
-        with pytest.raises(DefinitionError, match=r"'SCORES'.*'scores'"):
+        with pytest.raises(DefinitionError, match=r"'SCORES'.*'scores'.*differ only in letter case"):
             s.apply([upper])
-        assert "SCORES" not in s._reg.views
+        assert [d.name for d in s.definitions() if isinstance(d, FeatureView)] == ["scores"]
+    with sqlite3.connect(tmp_path / "f.db") as conn:  # the refused migration left the other view's table alone
+        assert [r[1] for r in conn.execute("PRAGMA table_info(fv__scores)")] == [
+            "user_id",
+            "x",
+            "event_ts",
+            "written_us",
+        ]
+
+
+def test_streams_and_event_fields_differing_only_in_case_are_refused(tmp_path, clock, user):
+    def sfv(name: str, source: str, field: str) -> StreamFeatureView:
+        return StreamFeatureView(
+            name=name,
+            entities=[user],
+            source=source,
+            schema=[Field(name=field, dtype="float64")],
+            aggregations=[Aggregation(column=field, function="sum", window=60, name=f"{name}_sum")],
+        )
+
+    with FeatureStore(tmp_path / "f.db", clock=clock) as s:
+        s.apply([sfv("a", "clicks", "amount")])
+        with pytest.raises(DefinitionError, match=r"'Clicks'.*'clicks'"):
+            s.apply([sfv("b", "Clicks", "amount")])
+        with pytest.raises(DefinitionError, match=r"'AMOUNT'.*'amount'"):
+            s.apply([sfv("b", "clicks", "AMOUNT")])
 
 
 def test_fields_and_keys_differing_only_in_case_are_refused(user):

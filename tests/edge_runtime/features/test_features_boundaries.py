@@ -145,3 +145,14 @@ def test_lone_surrogate_keys_are_refused(tmp_path, clock):
         with pytest.raises(RowValidationError, match="surrogate") as err:
             s.get_online_features(["d:n"], [{"device_id": "a"}, {"device_id": "\udfff"}])
         assert (err.value.row, err.value.column) == (1, "device_id")
+        with pytest.raises(RowValidationError, match="surrogate") as err:  # the single-entity hot path too
+            s.get_online_features(["d:n"], {"device_id": "\udfff"})
+        assert (err.value.row, err.value.column) == (0, "device_id")
+        for read in (
+            lambda: s.get_online_features(["d:n"], [{"device_id": "\udfff"}]),
+            lambda: s.read_entity(["d:n"], {"device_id": "\udfff"}),
+            lambda: s.read_entity(["d:n"], {"device_id": 2**63}),
+        ):
+            with pytest.raises(RowValidationError, match=r"surrogate|out of the int64 range") as err:
+                read()
+            assert (err.value.row, err.value.column) == (0, "device_id")

@@ -111,6 +111,13 @@ def test_inf_is_refused_like_nan(store, bad):
         )
 
 
+def test_inf_event_values_are_refused(tmp_path, clock, orders_view):
+    with FeatureStore(tmp_path / "f.db", clock=clock) as s:
+        s.apply([orders_view])
+        with pytest.raises(RowValidationError, match=r"row 0, column 'amount'.*inf is not allowed"):
+            s.push_events("order_events", [{"user_id": 1, "amount": float("inf"), "items": 1, "event_timestamp": T0}])
+
+
 def test_inf_allowed_when_declared(tmp_path, user, clock):
     fv = FeatureView(name="v", entities=[user], schema=[Field(name="x", dtype="float64", allow_nan=True)])
     with FeatureStore(tmp_path / "f.db", clock=clock) as s:

@@ -9,67 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_runtime._errors import DefinitionError
-
+from ._def_checks import RESERVED, _check_name, _duration, _error, _seq, _set, check_distinct
 from ._dtypes import DType, parse_dtype
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-#: Column names the store uses itself; features and keys may not take them.
-RESERVED = frozenset({"event_ts", "written_us", "event_timestamp"})
 AGG_FUNCTIONS = ("count", "sum", "mean", "min", "max")
 
 UDF = Callable[[dict[str, list[Any]]], Mapping[str, Sequence[Any]]]
-
-
-def _error(message: str, *, key: str | None = None, expected: str | None = None, got: object = None) -> DefinitionError:
-    """A :class:`DefinitionError` whose message also says what was expected."""
-    if expected and expected not in message:
-        message = f"{message} (expected {expected})"
-    return DefinitionError(message, key=key, expected=expected, got=got)
-
-
-def _check_name(kind: str, name: object, *, attr: str = "name", owner: str | None = None) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        where = f"{owner}: " if owner else ""
-        raise _error(
-            f"{where}{kind} {attr} {name!r} is invalid",
-            key=attr,
-            expected="a name of letters, digits and '_' (not starting with a digit, at most 63 characters)",
-            got=name,
-        )
-    return name
-
-
-def _seq(value: object, kind: str, attr: str, owner: str) -> tuple[Any, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise _error(f"{kind} {owner!r}: {attr} must be a list", key=attr, expected="a list", got=value)
-    return tuple(value)
-
-
-def _duration(value: object, *, kind: str, owner: str, attr: str) -> dt.timedelta:
-    if isinstance(value, dt.timedelta):
-        out = value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        out = dt.timedelta(seconds=float(value))
-    else:
-        raise _error(
-            f"{kind} {owner!r}: {attr} must be a timedelta or a number of seconds, got {value!r}",
-            key=attr,
-            expected="a timedelta or seconds > 0",
-            got=value,
-        )
-    if out <= dt.timedelta(0):
-        raise _error(f"{kind} {owner!r}: {attr} must be positive, got {value!r}", key=attr, expected="> 0", got=value)
-    return out
-
-
-def _set(obj: object, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,12 +37,15 @@ class Entity:
         keys = _seq(self.join_keys, "entity", "join_keys", self.name) or (self.name,)
         for k in keys:
             _check_name("join key", k, attr="join_keys", owner=f"entity {self.name!r}")
-            if k in RESERVED:
+            if k.lower() in RESERVED:
                 raise _error(
-                    f"entity {self.name!r}: join key {k!r} is reserved", key="join_keys", expected="another name"
+                    f"entity {self.name!r}: join key {k!r} is reserved (the store uses {k.lower()!r})",
+                    key="join_keys",
+                    expected=f"a name other than {sorted(RESERVED)} in any letter case",
                 )
         if len(set(keys)) != len(keys):
             raise _error(f"entity {self.name!r}: join keys repeat", key="join_keys", expected="unique")
+        check_distinct(f"entity {self.name!r}", [("join key", k) for k in keys], key="join_keys")
         _set(self, "join_keys", keys)
 
 
@@ -108,8 +60,12 @@ class Field:
 
     def __post_init__(self) -> None:
         _check_name("field", self.name)
-        if self.name in RESERVED:
-            raise _error(f"field name {self.name!r} is reserved", key="name", expected=f"not one of {sorted(RESERVED)}")
+        if self.name.lower() in RESERVED:
+            raise _error(
+                f"field name {self.name!r} is reserved (the store uses {self.name.lower()!r})",
+                key="name",
+                expected=f"not one of {sorted(RESERVED)} in any letter case",
+            )
         try:
             parsed = parse_dtype(self.dtype)
         except ValueError as exc:
@@ -139,6 +95,9 @@ def _schema(value: object, kind: str, owner: str, *, reserved: Sequence[str] = (
                 f"{kind} {owner!r}: field {f.name!r} is also a join key", key="schema", expected="a feature name"
             )
         seen.add(f.name)
+    check_distinct(
+        f"{kind} {owner!r}", [*(("join key", k) for k in reserved), *(("field", f.name) for f in fields)], key="schema"
+    )
     return fields
 
 
@@ -156,6 +115,7 @@ def _entities(value: object, kind: str, owner: str) -> tuple[Entity, ...]:
     keys = [k for e in ents for k in e.join_keys]
     if len(set(keys)) != len(keys):
         raise _error(f"{kind} {owner!r}: entities share a join key", key="entities", expected="distinct")
+    check_distinct(f"{kind} {owner!r}", [("join key", k) for k in keys], key="entities")
     return ents
 
 

@@ -23,6 +23,9 @@ NAN_TEXT = "NaN"
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _F32_MAX = float(np.finfo(np.float32).max)
+NAN_REFUSED = "NaN is not allowed here (declare the field with allow_nan=True)"
+#: ``allow_nan`` is the field's one switch for non-finite values: it admits NaN and +-inf alike.
+INF_REFUSED = "inf is not allowed here (values must be finite; declare the field with allow_nan=True to allow inf)"
 
 
 class ValueCheckError(ValueError):
@@ -103,7 +106,7 @@ class DType:
                 total = sum(present)  # NaN when any value is NaN: one C loop instead of a check per value
             except OverflowError:
                 return self._encode_slow(col, allow_nan=allow_nan, nullable=True)
-            if total != total:  # NaN somewhere: refuse it, or store it as the text 'NaN' (see NAN_TEXT)
+            if not math.isfinite(total):  # NaN or inf somewhere: refuse it, or store NaN as NAN_TEXT
                 return self._encode_slow(col, allow_nan=allow_nan, nullable=True)
             if kind == "float32":
                 if has_none or int in types:
@@ -118,6 +121,8 @@ class DType:
             return col
         if kind == "bool":
             return [None if v is None else int(v) for v in col]
+        if kind == "string" and not texts_ok(col):
+            return self._encode_slow(col, allow_nan=allow_nan, nullable=True)
         return col
 
     def _encode_slow(self, col: list[Any], *, allow_nan: bool, nullable: bool) -> list[Any]:
@@ -154,8 +159,10 @@ class DType:
                 raise ValueError(f"{v} is out of the {kind} range") from None
             if f != f:
                 if not allow_nan:
-                    raise ValueError("NaN is not allowed here (declare the field with allow_nan=True)")
+                    raise ValueError(NAN_REFUSED)
                 return NAN_TEXT
+            if not allow_nan and math.isinf(f):
+                raise ValueError(INF_REFUSED)
             if kind == "float32":
                 if math.isfinite(f) and abs(f) > _F32_MAX:
                     raise ValueError(f"{f} is out of the float32 range")
@@ -168,7 +175,8 @@ class DType:
         if kind == "string":
             if not isinstance(v, str):
                 raise ValueError(f"expected a string, got {_describe(v)}")
-            return v
+            check_text(v)
+            return str(v)
         if kind == "bytes":
             if not isinstance(v, (bytes, bytearray, memoryview)):
                 raise ValueError(f"expected bytes, got {_describe(v)}")
@@ -186,8 +194,10 @@ class DType:
             raise ValueError(f"expected {self.dim} floats ({self.name}), got shape {arr.shape} of {arr.dtype}")
         arr32 = arr.astype("<f4")
         if not allow_nan and np.isnan(arr32).any():
-            raise ValueError("NaN is not allowed here (declare the field with allow_nan=True)")
-        if np.isinf(arr32).any() and not np.isinf(arr).any():
+            raise ValueError(NAN_REFUSED)
+        if not allow_nan and np.isinf(arr).any():
+            raise ValueError(INF_REFUSED)
+        if (np.isinf(arr32) & ~np.isinf(arr)).any():
             raise ValueError("a value is out of the float32 range")
         return arr32.tobytes()
 
@@ -195,9 +205,12 @@ class DType:
         kind = self.kind
         if kind == "vector":
             if arr.ndim == 2 and arr.shape[1] == self.dim and arr.dtype.kind in "iuf":
-                arr32 = np.ascontiguousarray(arr, dtype="<f4")
+                with np.errstate(over="ignore"):
+                    arr32 = np.ascontiguousarray(arr, dtype="<f4")
                 if not allow_nan:
-                    _first_bad(np.isnan(arr32).any(axis=1), "NaN is not allowed here")
+                    _first_bad(np.isnan(arr32).any(axis=1), NAN_REFUSED)
+                    _first_bad(np.isinf(arr).any(axis=1), INF_REFUSED)
+                _first_bad((np.isinf(arr32) & ~np.isinf(arr)).any(axis=1), "a value is out of the float32 range")
                 return [row.tobytes() for row in arr32]
             if arr.dtype != object:
                 raise ValueCheckError(0, f"expected an array of shape (n, {self.dim}), got {arr.shape}")
@@ -215,7 +228,8 @@ class DType:
             if dk == "f":
                 nan = np.isnan(out)
                 if not allow_nan:
-                    _first_bad(nan, "NaN is not allowed here (declare the field with allow_nan=True)")
+                    _first_bad(nan, NAN_REFUSED)
+                    _first_bad(np.isinf(arr), INF_REFUSED)
                 if kind == "float32":
                     _first_bad(np.isinf(out) & ~np.isinf(arr), "out of the float32 range")
                 if nan.any():
@@ -280,6 +294,25 @@ def parse_dtype(text: object) -> DType:
     raise ValueError(f"unknown dtype {text!r}; expected one of {', '.join(SCALAR_DTYPES)} or float32[N]")
 
 
+def check_text(v: str) -> None:
+    """Refuse a string SQLite cannot store: one holding a surrogate code point (not valid UTF-8)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"string holds the lone surrogate {v[exc.start]!r} at position {exc.start}; expected valid Unicode text"
+        ) from None
+
+
+def texts_ok(col: list[Any]) -> bool:
+    """True when every str in ``col`` encodes as UTF-8 (one C-level pass for the whole column)."""
+    try:
+        "".join(v for v in col if type(v) is str).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_key_value(v: Any) -> Any:
     """A join-key value as stored: an int (int64 range) or a string; raises ``ValueError`` otherwise."""
     t = type(v)
@@ -288,8 +321,7 @@ def check_key_value(v: Any) -> Any:
         if not _INT64_MIN <= iv <= _INT64_MAX:
             raise ValueError(f"join key {iv} is out of the int64 range")
         return iv
-    if t is str:
-        return v
-    if isinstance(v, np.str_):
+    if t is str or isinstance(v, np.str_):
+        check_text(str(v))
         return str(v)
     raise ValueError(f"a join key must be an int or a string, got {_describe(v)}")

@@ -10,7 +10,10 @@ import numpy as np
 
 from edge_runtime._errors import RowValidationError
 
-from ._dtypes import check_key_value
+from ._dtypes import check_key_value, texts_ok
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 
 ENTITY_ROWS = "entity_rows"
 
@@ -69,11 +72,8 @@ def key_column(cols: dict[str, list[Any]], key: str, n: int) -> list[Any]:
         if n == 0:
             return []
         raise EntityRowError(f"join key {key!r} is missing", row=0, column=key)
-    for v in col:
-        t = type(v)
-        if t is not int and t is not str:
-            break
-    else:
+    types = set(map(type, col))
+    if (types == {str} and texts_ok(col)) or (types == {int} and min(col) >= _INT64_MIN and max(col) <= _INT64_MAX):
         return col
     out = []
     for i, v in enumerate(col):

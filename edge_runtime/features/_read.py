@@ -300,7 +300,7 @@ def execute_one(plan: ReadPlan, conn: sqlite3.Connection, entity_row: dict[str, 
             return execute(plan, conn, [entity_row], now_us, snapshot=True)
     try:
         r = conn.execute(part.sql_one, params).fetchone()
-    except OverflowError:  # an int key beyond int64: the general path names the row
+    except (OverflowError, UnicodeEncodeError):  # an int beyond int64 or a lone surrogate: the general path names it
         return execute(plan, conn, [entity_row], now_us, snapshot=True)
     expired = None
     ttl = part.ttl_us
@@ -332,7 +332,7 @@ def read_one(plan: ReadPlan, conn: sqlite3.Connection, entity_row: Mapping[str, 
                 fetched.append(conn.execute(part.sql_one, key).fetchone())
             else:
                 fetched.append(part.fetch_one(conn, key, now_us))
-    except OverflowError:  # an int key beyond int64: the general path names it
+    except (OverflowError, UnicodeEncodeError):  # an int beyond int64 or a lone surrogate: the general path names it
         return flatten(execute(plan, conn, [dict(entity_row)], now_us, snapshot=False))
     finally:
         if snapshot:

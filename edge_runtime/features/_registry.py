@@ -294,7 +294,37 @@ def _columns(conn: sqlite3.Connection, table: str) -> dict[str, str]:
     return {r[1]: r[2].upper() for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
+def _case_clash(kind: str, name: str, taken: Iterable[str], what: str) -> None:
+    """Refuse ``name`` when a different name in ``taken`` differs from it only in letter case."""
+    for other in taken:
+        if other != name and other.lower() == name.lower():
+            raise DefinitionError(
+                f"{kind} {name!r} and the registered {what} {other!r} differ only in letter case; SQLite table "
+                "names ignore case, so they would share one table",
+                key=name,
+                expected=f"a name that differs from {other!r} in more than letter case (or reuse {other!r})",
+                got=name,
+            )
+
+
 def _check_names_free(reg: Registry, d: Definition) -> None:
+    if isinstance(d, (FeatureView, StreamFeatureView, OnDemandFeatureView)):
+        _case_clash(kind_of(d).replace("_", " "), d.name, reg.view_names(), "view")
+    if isinstance(d, StreamFeatureView):
+        _case_clash("stream", d.source, {v.source for v in reg.stream_views.values()}, "stream")
+        for other in reg.stream_views.values():
+            if other.source == d.source and other.name != d.name:
+                theirs = {f.name.lower(): f.name for f in other.schema}
+                for f in d.schema:
+                    if theirs.get(f.name.lower(), f.name) != f.name:
+                        raise DefinitionError(
+                            f"stream feature view {d.name!r}: event field {f.name!r} and field "
+                            f"{theirs[f.name.lower()]!r} of view {other.name!r} (same stream {d.source!r}) differ "
+                            "only in letter case; SQLite column names ignore case",
+                            key=d.name,
+                            expected=f"the same spelling {theirs[f.name.lower()]!r} or another name",
+                            got=f.name,
+                        )
     if isinstance(d, (FeatureView, StreamFeatureView, OnDemandFeatureView)):
         for other in (reg.views, reg.stream_views, reg.odfvs):
             existing = other.get(d.name)

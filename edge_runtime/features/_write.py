@@ -20,7 +20,7 @@ from edge_runtime._sqlite import quote_ident
 from edge_runtime._time import to_epoch_us
 
 from ._definitions import Field
-from ._dtypes import NAN_TEXT, ValueCheckError, check_key_value
+from ._dtypes import NAN_TEXT, ValueCheckError, check_key_value, texts_ok
 
 TS = "event_timestamp"
 
@@ -165,10 +165,15 @@ def encode_keys(col: Any, n: int, target: str, key: str, row_dicts: list[Mapping
         raise RowValidationError(f"join key {key!r} is missing", target=target, row=0 if n else None, column=key)
     if isinstance(col, np.ndarray):
         if col.dtype.kind in "iu" and col.ndim == 1:
+            if col.dtype.kind == "u" and col.size and col.max() > _INT64_MAX:
+                row = int(np.argmax(col > _INT64_MAX))
+                raise RowValidationError(
+                    f"join key {int(col[row])} is out of the int64 range", target=target, row=row, column=key
+                )
             return col.astype(np.int64).tolist()
         col = col.tolist()
     types = set(map(type, col))
-    if types == {str} or (types == {int} and min(col) >= _INT64_MIN and max(col) <= _INT64_MAX):
+    if (types == {str} and texts_ok(col)) or (types == {int} and min(col) >= _INT64_MIN and max(col) <= _INT64_MAX):
         return col
     out = []
     for i, v in enumerate(col):

@@ -21,8 +21,8 @@ VIEW = FeatureView(
     entities=[USER],
     schema=[
         Field(name="i", dtype="int64"),
-        Field(name="f32", dtype="float32"),
-        Field(name="f64", dtype="float64"),
+        Field(name="f32", dtype="float32", allow_nan=True),  # allow_nan admits the inf values drawn below
+        Field(name="f64", dtype="float64", allow_nan=True),
         Field(name="b", dtype="bool"),
         Field(name="s", dtype="string"),
         Field(name="raw", dtype="bytes"),

@@ -326,8 +326,8 @@ def _check_names_free(reg: Registry, d: Definition) -> None:
                             got=f.name,
                         )
     if isinstance(d, (FeatureView, StreamFeatureView, OnDemandFeatureView)):
-        for other in (reg.views, reg.stream_views, reg.odfvs):
-            existing = other.get(d.name)
+        for group in (reg.views, reg.stream_views, reg.odfvs):
+            existing = group.get(d.name)
             if existing is not None and type(existing) is not type(d):
                 raise SchemaConflictError(
                     f"{d.name!r} is already a {kind_of(existing).replace('_', ' ')}; it cannot become a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 import tempfile
@@ -27,18 +28,25 @@ from ._backend import InferenceBackend, format_of, open_backend
 from ._fsutil import copy_file_synced, fsync_dir, remove_tree, sha256_file, write_file_atomic
 from ._manifest import (
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
     SIGNATURE_FILE,
     FeatureInput,
     HealthCheck,
     Manifest,
     Quantization,
     TensorInfo,
+    read_bundle_file,
 )
 from ._signing import Signature, TrustedKeys, sign_bytes, verify_signature
 
 MODEL_FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 _MAX_MEMBERS = 16
+#: What an archive may hold beyond the model file its manifest declares: the manifest, the signature, side files.
+_SIDE_FILES_ALLOWANCE = 16 * 1024 * 1024
+#: The unpacked size no archive may exceed, whatever its manifest says.
+DEFAULT_MAX_ARCHIVE_BYTES = 8 * 1024**3
 
 
 def is_archive(path: str | Path) -> bool:
@@ -70,10 +78,12 @@ class Bundle:
         if not root.is_dir():
             raise BundleError("bundle directory does not exist", path=root)
         manifest_path = root / MANIFEST_FILE
-        manifest = Manifest.load(manifest_path)
-        raw = manifest_path.read_bytes()
+        raw = read_bundle_file(manifest_path, MAX_MANIFEST_BYTES, "manifest")
+        manifest = Manifest.from_json(raw, path=manifest_path)
         sig_path = root / SIGNATURE_FILE
-        signature = Signature.from_json(sig_path.read_bytes(), path=sig_path) if sig_path.exists() else None
+        signature = None
+        if sig_path.exists() or sig_path.is_symlink():
+            signature = Signature.from_json(read_bundle_file(sig_path, MAX_SIGNATURE_BYTES, "signature"), path=sig_path)
         return cls(root, manifest, raw, signature)
 
     @property
@@ -149,21 +159,44 @@ def verify_bundle(path: str | Path, *, trusted_keys: Any = None, require_signatu
 # --- archives -----------------------------------------------------------------------------------------------------
 
 
-def extract_archive(archive: str | Path, dest: Path) -> None:
+def extract_archive(archive: str | Path, dest: Path, *, max_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES) -> None:
     """Unpack a bundle archive's plain files into the existing directory ``dest`` (flat), each fsynced.
 
     Only regular files are accepted, at the top level or under one top-level directory; links, devices, absolute
-    paths and ``..`` are refused, so an archive cannot write outside ``dest``.
+    paths and ``..`` are refused, so an archive cannot write outside ``dest``. Budgets apply before a byte is
+    written: the member count is checked while the archive is read (not after listing it whole), and the unpacked
+    size may not exceed what the archive's own manifest declares (the model's ``size`` plus a small allowance for
+    the manifest, signature and side files), nor ``max_bytes`` in any case — so a compression bomb costs
+    decompression time, never disk.
     """
     src = Path(archive)
     try:
         with tarfile.open(src, "r:gz") as tar:
-            members = tar.getmembers()
-            if len(members) > _MAX_MEMBERS:
-                raise BundleError(f"archive has {len(members)} entries; a bundle has a handful", path=src)
-            files = [m for m in members if not m.isdir()]
-            for member in files:
+            files: list[tuple[str, tarfile.TarInfo]] = []
+            total = 0
+            manifest_member: tarfile.TarInfo | None = None
+            for count, member in enumerate(tar, start=1):
+                if count > _MAX_MEMBERS:
+                    raise BundleError(f"archive has more than {_MAX_MEMBERS} entries; a bundle has a handful", path=src)
+                if member.isdir():
+                    continue
                 name = _flat_name(member, src)
+                total += member.size
+                if total > max_bytes:
+                    raise BundleError(f"archive unpacks to more than the {max_bytes:,}-byte budget", path=src)
+                if name == MANIFEST_FILE:
+                    manifest_member = member
+                files.append((name, member))
+            if manifest_member is None:
+                raise BundleError(f"archive holds no {MANIFEST_FILE}", path=src)
+            budget = _declared_budget(tar, manifest_member, src)
+            if total > budget:
+                raise BundleError(
+                    f"archive unpacks to {total:,} bytes, but its manifest declares a model of "
+                    f"{budget - _SIDE_FILES_ALLOWANCE:,} bytes (plus {_SIDE_FILES_ALLOWANCE:,} for small files)",
+                    path=src,
+                )
+            for name, member in files:
                 fobj = tar.extractfile(member)
                 if fobj is None:  # pragma: no cover - regular files always have data
                     raise BundleError(f"cannot read archive entry {member.name!r}", path=src)
@@ -180,6 +213,21 @@ def extract_archive(archive: str | Path, dest: Path) -> None:
             raise BundleError("bundle archive does not exist", path=src) from exc
         raise BundleError(f"not a readable .tar.gz bundle archive ({exc})", path=src) from exc
     fsync_dir(dest)
+
+
+def _declared_budget(tar: tarfile.TarFile, member: tarfile.TarInfo, src: Path) -> int:
+    """The bytes an archive may unpack to, by its own manifest's declared model size."""
+    if member.size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{MANIFEST_FILE} is larger than the {MAX_MANIFEST_BYTES:,}-byte limit", path=src)
+    fobj = tar.extractfile(member)
+    raw = fobj.read(MAX_MANIFEST_BYTES + 1) if fobj is not None else b""
+    try:
+        size = json.loads(raw).get("size")
+    except (ValueError, AttributeError, RecursionError):
+        raise BundleError(f"{MANIFEST_FILE} in the archive is not a JSON object", path=src) from None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BundleError(f"{MANIFEST_FILE} in the archive declares no model size", path=src)
+    return size + _SIDE_FILES_ALLOWANCE
 
 
 def _flat_name(member: tarfile.TarInfo, src: Path) -> str:

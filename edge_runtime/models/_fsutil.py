@@ -9,10 +9,34 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
 _CHUNK = 1 << 20
+
+
+def read_capped(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, refused when larger than ``limit`` or not a regular file.
+
+    A device file (``/dev/zero``) would be read forever and a FIFO would block the reader, so the type is checked
+    before opening, and the open never blocks. Raises ``ValueError`` with the reason (callers name the file) and
+    ``OSError`` for I/O failures.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("is not a regular file")
+    if st.st_size > limit:
+        raise ValueError(f"is larger than the {limit:,}-byte limit ({st.st_size:,} bytes)")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew after the stat
+        raise ValueError(f"is larger than the {limit:,}-byte limit")
+    return data
 
 
 def fsync_dir(path: str | Path) -> None:

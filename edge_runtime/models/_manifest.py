@@ -21,11 +21,16 @@ import numpy as np
 
 from edge_runtime._errors import BundleError
 
+from ._fsutil import read_capped
 from ._serving_spec import ServingDefaults, parse_serving
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "signature.json"
+#: The largest ``manifest.json`` read from a file or an archive (the sync agent refuses larger manifests too).
+MAX_MANIFEST_BYTES = 1024 * 1024
+#: The largest ``signature.json`` read.
+MAX_SIGNATURE_BYTES = 64 * 1024
 FORMATS = ("onnx", "tflite")
 QUANTIZATION_SCHEMES = ("none", "dynamic-int8", "static-int8", "full-int8")
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -370,14 +375,20 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
-        """Read and parse a ``manifest.json`` file."""
-        try:
-            raw = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise BundleError("manifest file is missing", path=path) from None
-        except OSError as exc:
-            raise BundleError(f"cannot read the manifest ({exc})", path=path) from exc
-        return cls.from_json(raw, path=path)
+        """Read and parse a ``manifest.json`` file (a regular file of at most ``MAX_MANIFEST_BYTES``)."""
+        return cls.from_json(read_bundle_file(path, MAX_MANIFEST_BYTES, "manifest"), path=path)
+
+
+def read_bundle_file(path: str | Path, limit: int, what: str) -> bytes:
+    """A bundle's small file (manifest, signature), read within ``limit``; ``BundleError`` names the file."""
+    try:
+        return read_capped(path, limit)
+    except FileNotFoundError:
+        raise BundleError(f"{what} file is missing", path=path) from None
+    except ValueError as exc:
+        raise BundleError(f"the {what} file {exc}", path=path) from None
+    except OSError as exc:
+        raise BundleError(f"cannot read the {what} ({exc})", path=path) from exc
 
 
 # --- parsing helpers ----------------------------------------------------------------------------------------------

@@ -369,6 +369,8 @@ class Manifest:
         """Parse ``manifest.json`` bytes."""
         try:
             data = json.loads(raw)
+        except RecursionError:
+            raise BundleError("not valid JSON: nested too deeply", path=path) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise BundleError(f"not valid JSON ({exc})", path=path) from exc
         return cls.from_dict(data, path=path)

@@ -55,6 +55,8 @@ class Signature:
         where = f"{path}: " if path else ""
         try:
             data = json.loads(raw)
+        except RecursionError:
+            raise SignatureError(f"{where}signature file is not valid JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise SignatureError(f"{where}signature file is not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or set(data) != {"algorithm", "key_id", "signature"}:

@@ -323,7 +323,9 @@ class LocalApi:
         data = environ["wsgi.input"].read(length) if length > 0 else b""
         try:
             return json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise ApiError(400, "the body is not valid JSON: nested too deeply", field="body") from None
+        except ValueError as exc:  # also UnicodeDecodeError, and integers longer than Python parses (4300 digits)
             raise ApiError(400, f"the body is not valid JSON: {exc}", field="body") from None
 
 

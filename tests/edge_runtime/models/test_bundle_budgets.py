@@ -143,3 +143,14 @@ def test_a_fifo_signature_does_not_hang_verify(tmp_path: Path) -> None:
     thread.join(10)
     assert result, "verify hung on the FIFO"
     assert isinstance(result[0], BundleError) and "regular file" in str(result[0])
+
+
+def test_deeply_nested_manifests_and_signatures_are_typed_errors(tmp_path: Path) -> None:
+    from edge_runtime import SignatureError
+    from edge_runtime.models import Signature
+
+    deep = b"[" * 50_000 + b"]" * 50_000
+    with pytest.raises(BundleError, match="deeply"):
+        Manifest.from_json(deep)
+    with pytest.raises(SignatureError, match="deeply"):
+        Signature.from_json(deep)

@@ -74,3 +74,19 @@ def test_limits_are_validated(runtime: Any) -> None:
     for kwargs in ({"connection_limit": 0}, {"idle_timeout_s": 0}, {"max_header_bytes": 10}):
         with pytest.raises(ConfigError):
             LocalServer(runtime, port=0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 50_000 + b"]" * 50_000,  # nested 50,000 deep
+        b'{"entity_rows": [{"user_id": ' + b"7" * 5000 + b"}]}",  # an integer Python refuses to parse
+        b'{"entity_rows": [{"user_id": "\\ud800"}]}',  # a lone surrogate
+    ],
+    ids=["deep", "huge-int", "lone-surrogate"],
+)
+def test_hostile_json_bodies_are_400_not_500(runtime: Any, body: bytes) -> None:
+    with LocalServer(runtime, port=0, threads=2) as server:
+        server.start()
+        status, _, reply = Client(server).request("POST", "/v1/predict/ctr", raw=body)
+        assert 400 <= status < 500, reply

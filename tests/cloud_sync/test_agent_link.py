@@ -29,6 +29,7 @@ def test_agent_syncs_over_tls_and_unix_sockets(
     creds = tmp_path / "creds.toml"
     ca = f'ca_file = "{broker.ca_file}"\n' if broker.ca_file else ""
     creds.write_text(f'username = "dev-a"\npassword = "{broker.password("dev-a")}"\n{ca}')
+    creds.chmod(0o600)
     store = define_store(tmp_path / "f.db")
     models = ModelStore(tmp_path / "m")
     agent = DeviceAgent(

@@ -36,6 +36,7 @@ def _profile(tmp_path: Path, broker: Any, *, telemetry: bool = False) -> Path:
     (tmp_path / "defs.toml").write_text(DEFS)
     creds = tmp_path / "creds.toml"
     creds.write_text(f'username = "dev-a"\npassword = "{broker.password("dev-a")}"\n')
+    creds.chmod(0o600)
     os.chmod(creds, 0o600)
     profile = tmp_path / "device.toml"
     profile.write_text(
@@ -189,3 +190,14 @@ def test_for_runtime_needs_sync_and_process_message_needs_a_stopped_agent(tmp_pa
         agent.stop()
         store.close()
         models.close()
+
+
+def test_a_world_readable_credentials_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('username = "dev-a"\npassword = "secret"\n')
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as exc:
+        load_credentials(path)
+    assert exc.value.key == "credentials_file" and "secret" not in str(exc.value)
+    path.chmod(0o600)
+    assert load_credentials(path).password == "secret"

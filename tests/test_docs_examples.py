@@ -3,7 +3,8 @@
 A fenced ``python``, ``sh``, ``bash`` or ``console`` block runs in a fresh temporary directory that links the
 repository's ``device_configs/`` and ``models/`` (the files the examples name), with ``HOME`` pointed there too
 so profile paths such as ``~/.local/share`` stay inside it. A block that cannot run as written carries
-``<!-- not-runnable: reason -->`` on the line before its fence (see docs/contributing-docs.md).
+``<!-- not-runnable: reason -->`` on the line before its fence; one marked ``<!-- continues: ... -->`` runs after
+the previous Python block of the same page, in the same process (see docs/contributing-docs.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_LANGS = {"python", "sh", "bash", "console"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARKER = re.compile(r"^<!--\s*not-runnable:(.*?)-->\s*$")
+CONTINUES = re.compile(r"^<!--\s*continues:.*-->\s*$")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Block:
     lang: str
     code: str
     not_runnable: str | None
+    #: the code of the earlier blocks this one continues (run first, in the same process)
+    prelude: str = ""
 
     @property
     def id(self) -> str:
@@ -43,21 +47,25 @@ def _blocks() -> list[Block]:
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         lines = path.read_text().splitlines()
+        previous_python = ""  # prelude + code of the last python block on this page
         i = 0
         while i < len(lines):
             m = FENCE.match(lines[i])
             if m:
                 end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
                 marker = MARKER.match(lines[i - 1]) if i else None
-                found.append(
-                    Block(
-                        file=str(path.relative_to(ROOT)),
-                        line=i + 1,
-                        lang=m.group(1),
-                        code="\n".join(lines[i + 1 : end]) + "\n",
-                        not_runnable=marker.group(1).strip() if marker else None,
-                    )
+                continues = bool(i) and CONTINUES.match(lines[i - 1]) is not None
+                block = Block(
+                    file=str(path.relative_to(ROOT)),
+                    line=i + 1,
+                    lang=m.group(1),
+                    code="\n".join(lines[i + 1 : end]) + "\n",
+                    not_runnable=marker.group(1).strip() if marker else None,
+                    prelude=previous_python if continues else "",
                 )
+                found.append(block)
+                if block.lang == "python":
+                    previous_python = block.prelude + block.code
                 i = end
             i += 1
     return found
@@ -106,7 +114,7 @@ def test_example_runs(block: Block, tmp_path: Path) -> None:
     for name in ("device_configs", "models"):
         (tmp_path / name).symlink_to(ROOT / name)
     if block.lang == "python":
-        cmd = [sys.executable, "-c", block.code]
+        cmd = [sys.executable, "-c", block.prelude + block.code]
     else:
         code = "\n".join(line.removeprefix("$ ") for line in block.code.splitlines())
         cmd = ["bash", "-e", "-c", code]

@@ -348,7 +348,10 @@ def _parse(root: TomlTable, path: Path, data_dir: str | Path | None) -> RuntimeC
         min_predictions=te.get("min_predictions", int, 20),
         epsilon_per_day=te.get("epsilon_per_day", float, 24.0),
     )
-    sync = _parse_sync(root, path) if "sync" in root.data else None
+    # sync is on when a [sync] table exists, unless it says enabled = false; an offline profile's broker,
+    # device id and key paths are then not validated, so no environment variable or /etc file is needed
+    sync_on = "sync" in root.data and root.table("sync").get("enabled", bool, True)
+    sync = _parse_sync(root, path) if sync_on else None
     models = tuple(_parse_model(t) for t in root.tables("models"))
     definitions = root.get("definitions", str, None)
     return RuntimeConfig(
@@ -367,6 +370,7 @@ def _parse_sync(root: TomlTable, path: Path) -> SyncSettings:
     sy = root.table("sync")
     sy.check_unknown(
         {
+            "enabled",
             "broker",
             "device_id",
             "credentials_file",

@@ -142,7 +142,11 @@ class DeviceAgent:
     def for_runtime(cls, rt: Any, **kwargs: Any) -> DeviceAgent:
         """The agent for an :class:`~edge_runtime.EdgeRuntime` whose profile has a ``[sync]`` section."""
         if rt.config.sync is None:
-            raise ConfigError("the profile has no [sync] section", key="sync", expected="a [sync] table")
+            raise ConfigError(
+                "sync is off in the profile (no [sync] section, or enabled = false)",
+                key="sync",
+                expected="a [sync] table",
+            )
         outbox = rt.telemetry.outbox if rt.telemetry is not None else None
         kwargs.setdefault("variant_preference", rt.config.runtime.variant_preference)
         # One clock for the device: manifest expiry and download hours follow the runtime's (tests skew it).

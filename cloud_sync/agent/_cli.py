@@ -42,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, data_dir=args.data_dir)
         if config.sync is None:
-            raise ConfigError("the profile has no [sync] section", file=args.config, key="sync", expected="[sync]")
+            raise ConfigError(
+                "sync is off in the profile (no [sync] section, or enabled = false)",
+                file=args.config,
+                key="sync",
+                expected="[sync]",
+            )
     except (EdgeRuntimeError, CloudSyncError) as exc:
         print(f"cloud-sync: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))

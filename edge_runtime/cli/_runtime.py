@@ -282,7 +282,14 @@ def _status(args: argparse.Namespace) -> int:
         else:
             print("  (no definitions applied)")
         s = st["sync"]
-        print("\nsync: " + ("off (no [sync] section)" if s is None else ", ".join(f"{k}={v}" for k, v in s.items())))
+        print(
+            "\nsync: "
+            + (
+                "off (no [sync] section, or enabled = false)"
+                if s is None
+                else ", ".join(f"{k}={v}" for k, v in s.items())
+            )
+        )
         t = st["telemetry"]
         print(
             "telemetry: "

@@ -30,9 +30,42 @@ def test_every_shipped_profile_loads(profile: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("EDGE_DEVICE_ID", "device-0001")
     config = load_config(profile)
     assert config.profile == profile.stem
+    assert config.sync is None, "shipped profiles are offline until sync.enabled is set"
+    assert config.telemetry.enabled is False, "telemetry must be opt-in"
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_shipped_profiles_work_offline_without_environment(profile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/serving.md's first example: no EDGE_DEVICE_ID, no keys under /etc, a definitions file to apply
+    monkeypatch.delenv("EDGE_DEVICE_ID", raising=False)
+    config = load_config(profile)
+    assert config.sync is None
+    assert config.definitions is not None and config.definitions.is_file()
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_shipped_profiles_turn_sync_on_with_one_key(
+    profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_DEVICE_ID", "device-0001")
+    on = tmp_path / profile.name
+    on.write_text(profile.read_text().replace("enabled = false  # sync", "enabled = true  # sync"))
+    config = load_config(on)
     assert config.sync is not None
     assert config.sync.device_id == "device-0001"
-    assert config.telemetry.enabled is False, "telemetry must be opt-in"
+
+
+def test_sync_settings_are_checked_only_when_sync_is_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_DEVICE_ID", raising=False)
+    text = '[sync]\nenabled = {}\nbroker = "mqtt://localhost:1883"\ndevice_id = "${{EDGE_DEVICE_ID}}"\n'
+    assert load_config(_write(tmp_path, text.format("false"))).sync is None
+    with pytest.raises(ConfigError, match="device_id"):
+        load_config(_write(tmp_path, text.format("true")))
+    # no enabled key: a [sync] table means sync is on, as before
+    with pytest.raises(ConfigError, match="device_id"):
+        load_config(_write(tmp_path, text.replace("enabled = {}\n", "")))
+    with pytest.raises(ConfigError, match="enabled"):
+        load_config(_write(tmp_path, text.format('"no"')))
 
 
 def test_small_devices_prefer_int8(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,8 +37,8 @@ from cloud_sync.protocol import (
 
 from ._credentials import Credentials, load_credentials
 from ._features import FeatureSync
-from ._lock import AgentLock
 from ._link import _PROTOCOL_REFUSED, BrokerAddress, ConnectionState, Event, Link
+from ._lock import AgentLock
 from ._models import ModelSync, runnable_formats
 from ._policy import DownloadGate
 from ._state import AgentState

@@ -17,7 +17,7 @@ LOCK_NAME = "sync-agent.lock"
 
 
 class AgentLock:
-    """Acquire with :meth:`acquire` (raises :class:`AgentLockedError` when held elsewhere), free with :meth:`release`."""
+    """The lock: :meth:`acquire` (raises :class:`AgentLockedError` when held elsewhere), :meth:`release`."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / LOCK_NAME

@@ -8,6 +8,7 @@ the exception classes.
 from __future__ import annotations
 
 from ._errors import (
+    AgentLockedError,
     BrokerError,
     BrokerNotInstalledError,
     CloudSyncError,
@@ -23,6 +24,7 @@ from ._errors import (
 )
 
 __all__ = [
+    "AgentLockedError",
     "BrokerError",
     "BrokerNotInstalledError",
     "CloudSyncError",

@@ -129,3 +129,20 @@ class SourceError(PublisherError):
 
 class ReleaseError(PublisherError):
     """A model release cannot be made or changed (unsigned bundle without a key, version not newer, ...)."""
+
+
+# --- device agent ---------------------------------------------------------------------------------------------
+
+
+class AgentLockedError(CloudSyncError):
+    """Another sync agent holds the data directory's lock. ``path`` is the lock file, ``pid`` its holder's
+    process id (None when it could not be read)."""
+
+    def __init__(self, *, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        who = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"another sync agent ({who}) is running on this data directory (lock {path}); two agents with one "
+            "device id would take the MQTT session from each other — stop the other one first"
+        )

@@ -40,6 +40,7 @@ from edge_runtime.models import runnable_formats
 from ._credentials import Credentials, load_credentials
 from ._features import FeatureSync
 from ._link import _PROTOCOL_REFUSED, BrokerAddress, ConnectionState, Event, Link
+from ._lock import AgentLock
 from ._models import ModelSync
 from ._policy import DownloadGate
 from ._state import AgentState
@@ -99,6 +100,7 @@ class DeviceAgent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._events: queue.Queue[Event] = queue.Queue()
         self._state = AgentState(self.data_dir / "agent.db")
+        self._lock = AgentLock(self.data_dir)
         self._wall = wall_clock
         trusted = TrustedKeys(settings.trusted_keys) if settings.trusted_keys else None
         self.features = FeatureSync(features, self._send)
@@ -168,6 +170,8 @@ class DeviceAgent:
             return self
         if self._closed:
             raise CloudSyncError("a stopped DeviceAgent cannot be started again; create a new one")
+        # One agent per data directory: a second one would take the device's MQTT session from the first.
+        self._lock.acquire()  # raises AgentLockedError (with the holder's pid) when held elsewhere
         self._stopping.clear()
         self._worker = threading.Thread(target=self._run, name=f"sync-agent-{self.device_id}", daemon=True)
         self._worker.start()
@@ -184,6 +188,7 @@ class DeviceAgent:
         self._worker = None
         self.link.stop(final=(self._topic(MessageType.STATUS), self._encode(self._status_message("offline"))))
         self._state.close()
+        self._lock.release()
         self._closed = True
 
     def __enter__(self) -> DeviceAgent:

@@ -119,9 +119,8 @@ class FeatureSync:
             if batch.kind == "snapshot":
                 self.store.write_snapshot_part(view, self._rows(batch), part=batch.part, parts=batch.parts, state=state)
             elif batch.num_tombstones:
-                if batch.num_rows:
-                    self.store.write_to_online_store(view, batch.to_columns())  # idempotent if replayed
-                self.store.delete_from_online_store(view, batch.tombstone_columns(), state=state)
+                # Rows, tombstones and the watermark in one transaction: all of the message or none of it.
+                self.store.apply_changes(view, self._rows(batch), batch.tombstone_columns(), state=state)
             else:
                 self.store.write_to_online_store(view, self._rows(batch), state=state)
         except UnknownNameError as exc:

@@ -268,28 +268,60 @@ class FeatureStore:
         v = self._reg.views.get(view)
         if v is None:
             raise UnknownNameError("feature view", view, self._reg.views)
-        # Event times are read before entity_columns turns a datetime64 array into naive datetimes.
-        raw_times = entity_rows.get("event_timestamp") if isinstance(entity_rows, Mapping) else None
-        n, cols = entity_columns(entity_rows)
-        target = f"feature view {view!r}"
-        keys = list(zip(*(encode_keys(cols.get(k), n, target, k) for k in v.join_keys), strict=True))
-        times = raw_times if isinstance(raw_times, np.ndarray) else cols.get("event_timestamp")
-        when = tombstone_times(times, n, target)
-        params = [(*k, t, t) for k, t in zip(keys, when, strict=True)]
+        keys, params = self._tombstones(v, entity_rows)
         state_rows = encode_state(state)
-        where = " AND ".join(f"{quote_ident(k)} = ?" for k in v.join_keys)
         with self._lock:
             self._check_open()
             with transaction(self._writer):
-                before = self._writer.total_changes
-                self._writer.executemany(
-                    f"DELETE FROM {view_table(view)} WHERE {where} AND (? IS NULL OR event_ts <= ?)", params
-                )
-                deleted = self._writer.total_changes - before
+                deleted = _delete_rows(self._writer, v, params)
                 write_state(self._writer, state_rows, self._now_us())
         if self._listeners and keys:
             self._notify({view: list(dict.fromkeys(keys))})
         return deleted
+
+    def _tombstones(self, v: FeatureView, entity_rows: object) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        # Event times are read before entity_columns turns a datetime64 array into naive datetimes.
+        raw_times = entity_rows.get("event_timestamp") if isinstance(entity_rows, Mapping) else None
+        n, cols = entity_columns(entity_rows)
+        target = f"feature view {v.name!r}"
+        keys = list(zip(*(encode_keys(cols.get(k), n, target, k) for k in v.join_keys), strict=True))
+        times = raw_times if isinstance(raw_times, np.ndarray) else cols.get("event_timestamp")
+        when = tombstone_times(times, n, target)
+        return keys, [(*k, t, t) for k, t in zip(keys, when, strict=True)]
+
+    def apply_changes(
+        self, view: str, rows: object, deletions: object, *, state: Mapping[str, Any] | None = None
+    ) -> tuple[int, int]:
+        """Upsert ``rows`` and delete ``deletions`` (tombstones, as for :meth:`delete_from_online_store`) in one
+        feature view, with ``state``, in ONE transaction: all of it commits or none of it. Upserts run first.
+        Returns ``(rows given, rows deleted)``; listeners hear once, after the commit, with every changed key.
+        """
+        v = self._reg.views.get(view)
+        if v is None:
+            raise UnknownNameError("feature view", view, self._reg.views)
+        target = f"feature view {view!r}"
+        n, cols, row_dicts = to_columns(rows, target)
+        encoded = encode_batch(
+            target=target, n=n, cols=cols, row_dicts=row_dicts, keys=v.join_keys, fields=v.schema, kind="feature"
+        )
+        del_keys, params = self._tombstones(v, deletions)
+        state_rows = encode_state(state)
+        sql = upsert_sql(view_table(view), v.join_keys, [f.name for f in v.schema])
+        want = bool(self._listeners)
+        with self._lock:
+            self._check_open()
+            w = self._writer
+            with transaction(w):
+                written = self._next_written_us(w)
+                w.executemany(sql, zip(*encoded, repeat(written)))
+                deleted = _delete_rows(w, v, params)
+                limit = self._row_limit(v)
+                evicted = evict(w, v, limit, want) if limit is not None else []
+                write_state(w, state_rows, written)
+        if want:
+            keys = list(zip(*encoded[: len(v.join_keys)], strict=False)) + del_keys + evicted
+            self._notify({view: list(dict.fromkeys(keys))})
+        return n, deleted
 
     def write_snapshot_part(
         self, view: str, rows: object, *, part: int, parts: int, state: Mapping[str, Any] | None = None
@@ -510,3 +542,11 @@ class FeatureStore:
         self._check_open()
         with self._lock:
             return stats(self._writer, self._reg, self._now_us())
+
+
+def _delete_rows(w: Any, v: FeatureView, params: list[tuple[Any, ...]]) -> int:
+    """Delete tombstoned rows (``(*keys, ts, ts)``; a row newer than its tombstone stays); returns the count."""
+    where = " AND ".join(f"{quote_ident(k)} = ?" for k in v.join_keys)
+    before = w.total_changes
+    w.executemany(f"DELETE FROM {view_table(v.name)} WHERE {where} AND (? IS NULL OR event_ts <= ?)", params)
+    return int(w.total_changes - before)

@@ -7,8 +7,7 @@ The public API is exactly what ``__all__`` lists; modules whose names start with
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._config import (
     CacheSettings,
@@ -42,6 +41,7 @@ from ._errors import (
     UnknownNameError,
     VersionPolicyError,
 )
+from ._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .features import (
@@ -223,14 +223,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)

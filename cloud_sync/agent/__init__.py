@@ -8,8 +8,9 @@ Names are loaded on first use, so ``cloud-sync --help`` does not import paho-mqt
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cloud_sync._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ._agent import AGENT_VERSION, DeviceAgent
@@ -28,14 +29,4 @@ _LAZY = {
 __all__ = ["AGENT_VERSION", "BrokerAddress", "ConnectionState", "Credentials", "DeviceAgent", "load_credentials"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)

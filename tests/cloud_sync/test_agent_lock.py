@@ -77,3 +77,27 @@ def test_agent_refuses_while_another_process_holds_the_lock_and_not_after_it_die
             proc.kill()
             proc.wait()
         dev.close()
+
+
+def test_a_runtime_whose_agent_is_refused_closes_what_it_opened(tmp_path: Path) -> None:
+    """An app's runtime and a `cloud-sync agent` on one profile: the second runtime to start fails cleanly."""
+    import threading
+
+    from edge_runtime import EdgeRuntime, RuntimeConfig, SyncSettings
+
+    config = RuntimeConfig(
+        data_dir=tmp_path / "data", sync=SyncSettings(broker_url="mqtt://127.0.0.1:1", device_id="dev-a")
+    )
+    first = EdgeRuntime(config)
+    try:
+        before = {t.name for t in threading.enumerate()}
+        with pytest.raises(AgentLockedError) as exc:
+            EdgeRuntime(config)
+        assert exc.value.pid == os.getpid()
+        time.sleep(0.2)
+        assert {t.name for t in threading.enumerate()} <= before, "the refused runtime left no thread behind"
+        assert first.status()["sync"] is not None, "the first runtime's agent keeps running"
+    finally:
+        first.close()
+    with EdgeRuntime(config) as again:  # the lock went with the first runtime
+        assert again.agent is not None

@@ -26,20 +26,17 @@ from edge_runtime._time import Clock
 from ._definitions import Definition, FeatureService, FeatureView, View
 from ._entity_rows import entity_columns
 from ._maintenance import (
-    delete_entity,
     encode_state,
     evict,
     iter_entities,
     read_state,
-    resolve_entity,
     stats,
-    sweep_expired,
     write_state,
 )
 from ._read import ReadPlan, compile_plan, execute, execute_one, read_one
-from ._registry import META_TABLE, MIGRATIONS, MIGRATIONS_TABLE, Registry, apply_definitions, stream_table, view_table
+from ._registry import META_TABLE, MIGRATIONS, MIGRATIONS_TABLE, Registry, apply_definitions, view_table
 from ._response import EntityRead, OnlineResponse
-from ._stream import PRUNE_EVERY_ROWS, PRUNE_EVERY_US, insert_sql, prune_sql
+from ._store_upkeep import StreamAndUpkeep
 from ._write import encode_batch, encode_keys, to_columns, tombstone_times, upsert_sql
 
 log = logging.getLogger(__name__)
@@ -48,7 +45,7 @@ log = logging.getLogger(__name__)
 WriteListener = Callable[[str, list[tuple[Any, ...]]], None]
 
 
-class FeatureStore:
+class FeatureStore(StreamAndUpkeep):
     """The online feature store at ``path`` (a SQLite file, created if missing; ``":memory:"`` for tests).
 
     ``clock`` returns the current time in epoch seconds (default ``time.time``); TTLs and stream windows are
@@ -382,76 +379,6 @@ class FeatureStore:
         written = max(self._now_us(), last + 1)
         w.execute(f"UPDATE {META_TABLE} SET value = ? WHERE key = 'last_written_us'", (written,))
         return int(written)
-
-    def push_events(self, stream: str, rows: object) -> int:
-        """Append events (join keys, ``event_timestamp``, event fields) to ``stream``'s log; returns the count.
-
-        Events older than the longest window of any view over the stream are pruned now and then.
-        """
-        streams = self._reg.streams()
-        if stream not in streams:
-            raise UnknownNameError("stream", stream, streams)
-        keys, fields = streams[stream]
-        target = f"stream {stream!r}"
-        n, cols, row_dicts = to_columns(rows, target)
-        field_list = list(fields.values())
-        encoded = encode_batch(
-            target=target, n=n, cols=cols, row_dicts=row_dicts, keys=keys, fields=field_list, kind="event field"
-        )
-        if n == 0:
-            return 0
-        table = stream_table(stream)
-        with self._lock:
-            self._check_open()
-            now = self._now_us()
-            last, pending = self._prune_state.get(stream, (0, 0))
-            pending += n
-            with transaction(self._writer):
-                self._writer.executemany(insert_sql(table, keys, list(fields)), zip(*encoded, strict=False))
-                if now - last >= PRUNE_EVERY_US or pending >= PRUNE_EVERY_ROWS:
-                    self._writer.execute(prune_sql(table), (now - self._reg.stream_max_window_us(stream),))
-                    last, pending = now, 0
-            self._prune_state[stream] = (last, pending)
-        if self._listeners:
-            entity_keys = list(dict.fromkeys(zip(*encoded[: len(keys)], strict=False)))
-            self._notify({v.name: entity_keys for v in self._reg.stream_views.values() if v.source == stream})
-        return n
-
-    def prune_events(self) -> dict[str, int]:
-        """Delete, in every stream, the events older than the longest window over it; counts per stream."""
-        out = {}
-        with self._lock:
-            self._check_open()
-            now = self._now_us()
-            with transaction(self._writer):
-                for stream in self._reg.streams():
-                    cutoff = now - self._reg.stream_max_window_us(stream)
-                    out[stream] = self._writer.execute(prune_sql(stream_table(stream)), (cutoff,)).rowcount
-                    self._prune_state[stream] = (now, 0)
-        return out
-
-    def sweep_expired(self) -> dict[str, int]:
-        """Delete the rows older than their view's TTL (they already read as expired); counts per view."""
-        with self._lock:
-            self._check_open()
-            with transaction(self._writer):
-                return sweep_expired(self._writer, self._reg, self._now_us())
-
-    def delete_entity(self, keys: Mapping[str, Any], *, entity: str | None = None) -> dict[str, int]:
-        """Remove every trace of one entity — its rows in every view and its stream events — in one transaction.
-
-        ``keys`` are the entity's join keys (``{"user_id": 7}``); ``entity`` names it when several entities share
-        join-key names. Returns the deleted rows per view (``stream:<name>`` for event logs).
-        """
-        ent = resolve_entity(self._reg, keys, entity)
-        want = bool(self._listeners)
-        with self._lock:
-            self._check_open()
-            with transaction(self._writer):
-                counts, touched = delete_entity(self._writer, self._reg, ent, keys, want)
-        if want:
-            self._notify(touched)
-        return counts
 
     # --- reads -----------------------------------------------------------------------------------------------
 

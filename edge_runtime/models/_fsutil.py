@@ -13,6 +13,8 @@ import stat
 import uuid
 from pathlib import Path
 
+from edge_runtime._errors import BundleError
+
 _CHUNK = 1 << 20
 
 
@@ -37,6 +39,18 @@ def read_capped(path: str | Path, limit: int) -> bytes:
     if len(data) > limit:  # grew after the stat
         raise ValueError(f"is larger than the {limit:,}-byte limit")
     return data
+
+
+def read_bundle_file(path: str | Path, limit: int, what: str) -> bytes:
+    """A bundle's small file (manifest, signature), read within ``limit``; ``BundleError`` names the file."""
+    try:
+        return read_capped(path, limit)
+    except FileNotFoundError:
+        raise BundleError(f"{what} file is missing", path=path) from None
+    except ValueError as exc:
+        raise BundleError(f"the {what} file {exc}", path=path) from None
+    except OSError as exc:
+        raise BundleError(f"cannot read the {what} ({exc})", path=path) from exc
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_runtime._errors import BundleError
 
-from ._fsutil import read_capped
+from ._fsutil import read_bundle_file
 from ._serving_spec import ServingDefaults, parse_serving
 
 FORMAT_VERSION = 1
@@ -379,18 +379,6 @@ class Manifest:
     def load(cls, path: str | Path) -> Manifest:
         """Read and parse a ``manifest.json`` file (a regular file of at most ``MAX_MANIFEST_BYTES``)."""
         return cls.from_json(read_bundle_file(path, MAX_MANIFEST_BYTES, "manifest"), path=path)
-
-
-def read_bundle_file(path: str | Path, limit: int, what: str) -> bytes:
-    """A bundle's small file (manifest, signature), read within ``limit``; ``BundleError`` names the file."""
-    try:
-        return read_capped(path, limit)
-    except FileNotFoundError:
-        raise BundleError(f"{what} file is missing", path=path) from None
-    except ValueError as exc:
-        raise BundleError(f"the {what} file {exc}", path=path) from None
-    except OSError as exc:
-        raise BundleError(f"cannot read the {what} ({exc})", path=path) from exc
 
 
 # --- parsing helpers ----------------------------------------------------------------------------------------------

@@ -224,7 +224,8 @@ def sign_bundle(path: str | Path, private_key: Any) -> Signature:
 
     The bundle is verified first (size and sha256 of the model), so a signature never vouches for a broken one.
     """
-    from ._bundle import Bundle, is_archive, open_bundle, strip_archive_suffix, write_archive
+    from ._archive import is_archive, strip_archive_suffix, write_archive
+    from ._bundle import Bundle, open_bundle
     from ._fsutil import write_file_atomic
 
     target = Path(path)

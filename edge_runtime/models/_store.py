@@ -43,8 +43,9 @@ from edge_runtime._sqlite import connect, migrate, transaction
 from edge_runtime._time import now_us
 
 from ._active import ActiveModel
+from ._archive import extract_archive, is_archive
 from ._backend import FORMAT_BACKENDS, InferenceBackend, open_backend
-from ._bundle import Bundle, check_health, extract_archive, is_archive
+from ._bundle import Bundle, check_health
 from ._fsutil import copy_file_synced, fsync_dir, remove_tree
 from ._manifest import MANIFEST_FILE, SIGNATURE_FILE
 from ._signing import TrustedKeys

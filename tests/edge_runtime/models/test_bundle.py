@@ -158,7 +158,7 @@ def test_archive_roundtrip_is_reproducible(tmp_path: Path) -> None:
     with open_bundle(archive) as b:
         manifest_bytes = b.manifest_bytes
     # Re-archiving the same directory gives identical bytes (no timestamps or owners inside).
-    from edge_runtime.models._bundle import write_archive
+    from edge_runtime.models._archive import write_archive
 
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()

@@ -19,7 +19,7 @@ import pytest
 
 from edge_runtime import BundleError
 from edge_runtime.models import Manifest, verify_bundle
-from edge_runtime.models._bundle import extract_archive, write_archive
+from edge_runtime.models._archive import extract_archive, write_archive
 from edge_runtime.models._manifest import MAX_MANIFEST_BYTES
 
 ROOT = Path(__file__).resolve().parents[3]
